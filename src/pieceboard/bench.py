@@ -1,0 +1,312 @@
+"""Run a benchmark: every cell of the matrix, then the leaderboard.
+
+    accelerate launch -m pieceboard.bench benchmarks/demo.toml [--output DIR] [--set KEY=VALUE ...]
+    python -m pieceboard.bench benchmarks/demo.toml --set defaults.epochs=1
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m pieceboard.bench benchmarks/demo.toml
+
+Exit codes: 0 every run completed; 1 some run failed (the others still ran and were written); 2 the input is
+wrong (one message, nothing trained); 130 interrupted (finished runs are kept; a rerun does the rest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from accelerate import PartialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pieceboard.config import Cell, Config, PieceboardError, load_config
+from pieceboard.data import Manifest, build_cache, cache_root, channel_stats, make_manifest
+from pieceboard.leaderboard import Leaderboard
+from pieceboard.models import resolve_weights
+from pieceboard.results import RunResult, finished, save_result
+from pieceboard.tracking import Tracker, resolve_mode
+from pieceboard.train import RunData, device_type, fit, make_accelerator, resolve_precision
+
+
+class Display:
+    """The live view on the main process: the matrix, the current run and epoch, live loss and accuracy."""
+
+    def __init__(self, console: Console, total: int, enabled: bool):
+        self.console, self.enabled = console, enabled
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        self.progress = Progress(*columns, console=console, disable=not enabled, transient=True)
+        self.matrix = self.progress.add_task("matrix", total=total)
+        self.run = self.progress.add_task("", total=1, visible=False)
+        self.last: dict[str, Any] = {}
+
+    def __enter__(self) -> Display:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def note(self, text: str) -> None:
+        """A line that stays above the live view."""
+        if self.enabled:
+            self.console.print(text, highlight=False)
+
+    def stage(self, what: str, done: int, total: int) -> None:
+        """Progress of a data stage (checking images, caching)."""
+        self.progress.update(self.run, description=what, completed=done, total=total, visible=True)
+
+    def start_run(self, cell: Cell) -> None:
+        """A new cell begins."""
+        self.cell = cell
+        self.last = {}
+        self.progress.update(self.run, description=cell.id, completed=0, total=1, visible=True)
+
+    def event(self, event: dict[str, Any]) -> None:
+        """Train-loss and epoch events from `train.fit`."""
+        epochs = self.cell.settings.epochs
+        if event["event"] == "train":
+            self.last["loss"] = event["train/loss"]
+            done = event["epoch"] * event["steps"] + event["step"] + 1
+            total = epochs * event["steps"]
+        else:
+            self.last["acc"] = event["accuracy"]
+            done = total = None
+        text = f"{self.cell.id} epoch {event['epoch'] + (event['event'] == 'train')}/{epochs}"
+        if "loss" in self.last:
+            text += f" loss {self.last['loss']:.3f}"
+        if "acc" in self.last:
+            text += f" acc {self.last['acc']:.3f}"
+        self.progress.update(self.run, description=text, completed=done, total=total)
+
+    def end_run(self, result: RunResult) -> None:
+        """A cell finished: one line that survives in logs."""
+        self.progress.advance(self.matrix)
+        if result.status == "completed":
+            m = result.metrics
+            self.note(
+                f"[green]done[/green] {result.id}: acc {m['accuracy']:.4f} F1 {m['f1_macro']:.4f} "
+                f"in {result.train_s:.1f}s ({result.train_img_s:.0f} img/s)"
+            )
+        else:
+            self.note(f"[red]{result.status}[/red] {result.id}: {result.error}")
+
+
+def _run_data(manifest: Manifest, pixels: np.ndarray, cache_s: float) -> RunData:
+    train = manifest.train_indices
+    return RunData(
+        pixels,
+        manifest.labels,
+        train,
+        manifest.test_indices,
+        manifest.class_names,
+        channel_stats(pixels, train),
+        cache_s,
+    )
+
+
+def wide_console(stderr: bool = False) -> Console:
+    """A console that does not squeeze the leaderboard into 80 columns when output goes to a file or pipe."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=240)
+
+
+def _preflight(config: Config) -> tuple[dict[str, str | None], dict[str, str]]:
+    """Everything that can be wrong before training: weights and precision for every cell."""
+    weights, precisions = {}, {}
+    device = device_type()
+    for cell in config.cells:
+        try:
+            weights[cell.id] = resolve_weights(cell.model, cell.mode, cell.weights)
+            precisions[cell.id] = resolve_precision(cell.settings.precision, device)
+        except PieceboardError as exc:
+            raise PieceboardError(f"{config.path or '<config>'}: [[runs]] '{cell.run}': {exc}") from None
+    return weights, precisions
+
+
+def _stored_config(cell: Cell, config: Config) -> dict[str, Any]:
+    return cell.to_dict() | {"data": config.data.model_dump(exclude={"cache_dir"})}
+
+
+def run(
+    source: str | Path | dict[str, Any],
+    output: str | Path | None = None,
+    overrides: list[str] | None = None,
+    console: Console | None = None,
+) -> list[RunResult]:
+    """Run every cell of a benchmark that has no completed result yet, and write the leaderboard.
+
+    Args:
+        source: A benchmark TOML file (or its content as a dict).
+        output: Output folder; default `[benchmark] output` or results/<name>.
+        overrides: `KEY=VALUE` strings with dotted keys, as `--set` takes them.
+        console: Where the progress and leaderboard go; default stdout.
+
+    Returns:
+        One result per cell, in matrix order (stored ones included).
+
+    Raises:
+        PieceboardError: The benchmark file, data or weights are wrong; nothing was trained.
+    """
+    config = load_config(source, overrides)
+    output = Path(output) if output else config.output
+    state = PartialState()
+    main = state.is_main_process
+    console = console or wide_console()
+    weights, precisions = _preflight(config)
+    tracker = Tracker(resolve_mode(config.benchmark.wandb), config.benchmark.wandb_project or config.benchmark.name,
+                      output, active=main)  # fmt: skip
+    results: list[RunResult] = []
+    caches: dict[int, RunData] = {}
+    with Display(console, len(config.cells), main) as display:
+        with state.main_process_first():
+            manifest = make_manifest(config.data, output, progress=display.stage if main else None)
+        n_test = int(manifest.is_test.sum())
+        display.note(
+            f"[bold]{config.benchmark.name}[/bold]: {len(manifest.paths)} images, {len(manifest.class_names)} classes, "
+            f"{len(manifest.paths) - n_test} train / {n_test} test, {len(manifest.skipped)} skipped as undecodable; "
+            f"{len(config.cells)} runs on {state.num_processes} process(es) -> {output}"
+        )
+        try:
+            for cell in config.cells:
+                stored_config = _stored_config(cell, config)
+                stored = finished(output, cell.id, stored_config)
+                if stored is not None:
+                    results.append(stored)
+                    display.note(f"[dim]kept[/dim] {cell.id} (completed earlier)")
+                    display.progress.advance(display.matrix)
+                    continue
+                size = cell.settings.image_size
+                if size not in caches:
+                    started = time.perf_counter()
+                    with state.main_process_first():
+                        pixels = build_cache(manifest.files(), size, cache_root(config.data),
+                                             progress=display.stage if main else None)  # fmt: skip
+                    caches[size] = _run_data(manifest, pixels, time.perf_counter() - started)
+                display.start_run(cell)
+                result, predictions = _run_cell(
+                    cell, stored_config, caches[size], weights[cell.id], precisions[cell.id], tracker, display,
+                    config.benchmark.name,
+                )  # fmt: skip
+                if main:
+                    save_result(output, result, _prediction_rows(manifest, caches[size], predictions))
+                state.wait_for_everyone()
+                results.append(result)
+                display.end_run(result)
+        except KeyboardInterrupt:
+            if main:
+                _record_skipped(config, output, results, "interrupted before it finished; rerun to continue")
+                Leaderboard.from_results(results).write(output)
+            raise
+    board = Leaderboard.from_results(results)
+    if main:
+        board.write(output)
+        console.print(board.table(title=f"{config.benchmark.name} — {output}"))
+    return results
+
+
+def _run_cell(
+    cell: Cell,
+    stored_config: dict[str, Any],
+    data: RunData,
+    weights_file: str | None,
+    precision: str,
+    tracker: Tracker,
+    display: Display,
+    group: str,
+) -> tuple[RunResult, np.ndarray | None]:
+    """Fit one cell; an exception becomes a failed result so that the matrix goes on."""
+    accelerator = make_accelerator(precision)
+    tracker.start(cell.id, stored_config, group)
+
+    def log(event: dict[str, Any]) -> None:
+        tracker.log(event)
+        display.event(event)
+
+    try:
+        outcome = fit(cell, data, accelerator, weights_file=weights_file, log=log)
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}".strip()
+        if accelerator.is_main_process:
+            display.note(f"[dim]{traceback.format_exc(limit=-3)}[/dim]")
+        tracker.finish(failed=True)
+        failed = RunResult(id=cell.id, status="failed", config=stored_config, error=message, cache_s=data.cache_s,
+                           precision=precision)  # fmt: skip
+        return failed, None
+    finally:
+        accelerator.free_memory()
+    tracker.finish(outcome.metrics | {"train_img_s": outcome.train_img_s, "params": outcome.params})
+    result = RunResult(
+        id=cell.id,
+        status="completed",
+        config=stored_config,
+        metrics=outcome.metrics,
+        per_class=outcome.per_class,
+        confusion_matrix=outcome.confusion_matrix,
+        history=outcome.history,
+        params=outcome.params,
+        trainable_params=outcome.trainable_params,
+        gflops=outcome.gflops,
+        train_s=outcome.train_s,
+        train_img_s=outcome.train_img_s,
+        eval_img_s=outcome.eval_img_s,
+        cache_s=data.cache_s,
+        data_wait_s=outcome.data_wait_s,
+        n_train=outcome.n_train,
+        n_test=outcome.n_test,
+        precision=outcome.precision,
+        channels_last=outcome.channels_last,
+        environment=outcome.environment,
+    )
+    return result, outcome.predictions
+
+
+def _prediction_rows(manifest: Manifest, data: RunData, predictions: np.ndarray | None) -> list[tuple] | None:
+    if predictions is None:
+        return None
+    names = manifest.class_names
+    return [
+        (int(i), manifest.paths[i], names[int(data.labels[i])], names[int(p)])
+        for i, p in zip(data.test_indices, predictions, strict=True)
+    ]
+
+
+def _record_skipped(config: Config, output: Path, results: list[RunResult], reason: str) -> None:
+    done = {r.id for r in results}
+    for cell in config.cells:
+        if cell.id not in done:
+            result = RunResult(id=cell.id, status="skipped", config=_stored_config(cell, config), error=reason)
+            save_result(output, result)
+            results.append(result)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The `bench` command line."""
+    parser = argparse.ArgumentParser(prog="pieceboard bench", description="Run a pieceboard benchmark file.")
+    parser.add_argument("file", help="benchmark TOML file, e.g. benchmarks/demo.toml")
+    parser.add_argument("--output", "-o", help="output folder (default: [benchmark] output or results/<name>)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a key of the file with a dotted key, e.g. --set defaults.epochs=3 (repeatable)",
+    )  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m pieceboard.bench`; returns the exit code."""
+    args = parse_args(argv)
+    try:
+        results = run(args.file, output=args.output, overrides=args.overrides)
+    except PieceboardError as exc:
+        Console(stderr=True).print(f"[red]pieceboard: error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        Console(stderr=True).print("pieceboard: interrupted; finished runs are kept, a rerun does the rest")
+        return 130
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Datasets that ship with pieceboard, written out as ordinary class-folder image trees.
+
+``builtin:digits`` is scikit-learn's handwritten digits (1,797 8x8 scans, 10 classes), augmented the way the original
+One Piece study augmented its images: every digit is stored plain, rotated and colour-inverted. Because the result is
+a plain folder of PNGs, the built-in datasets go through exactly the same loading code as a user's own images.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["BUILTINS", "PREFIX", "cache_root", "is_builtin", "materialize", "resolve"]
+
+PREFIX = "builtin:"
+# Bump when a writer's output changes, so that old trees in users' caches are not reused.
+_VERSION = "v1"
+# Written last, inside the temporary tree: its presence means the tree is whole. Hidden, so imagefolder skips it.
+_COMPLETE_MARKER = ".complete"
+
+_DIGITS_SIZE = 32
+_DIGITS_MAX_ANGLE = 30.0
+_DIGITS_SEED = 0
+
+
+def _write_digits(root: Path) -> None:
+    """Write scikit-learn's digits as ``<root>/<digit>/<NNNN>{,_rot,_inv}.png``, 32x32 greyscale.
+
+    ``NNNN`` is the index in `sklearn.datasets.load_digits`, so every file can be traced back to its source.
+
+    Args:
+        root: An existing, empty directory.
+    """
+    # Imported here: scikit-learn is slow to import and only needed the first time the tree is built.
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    # All angles drawn up front in dataset order, so each file's angle depends only on the seed and its index.
+    angles = np.random.RandomState(_DIGITS_SEED).uniform(-_DIGITS_MAX_ANGLE, _DIGITS_MAX_ANGLE, size=len(pixels))
+    class_names = [str(name) for name in digits.target_names]
+    for name in class_names:
+        (root / name).mkdir()
+    for index, (image, target, angle) in enumerate(zip(pixels, digits.target, angles, strict=True)):
+        folder = root / class_names[target]
+        stem = f"{index:04d}"
+        plain = Image.fromarray(image).resize((_DIGITS_SIZE, _DIGITS_SIZE), Image.Resampling.BICUBIC)
+        plain.save(folder / f"{stem}.png")
+        plain.rotate(float(angle), resample=Image.Resampling.BILINEAR, fillcolor=0).save(folder / f"{stem}_rot.png")
+        Image.fromarray(255 - np.asarray(plain)).save(folder / f"{stem}_inv.png")
+
+
+BUILTINS: dict[str, Callable[[Path], None]] = {"digits": _write_digits}
+"""Built-in dataset name -> function that writes its class-folder tree into an existing, empty directory."""
+
+
+def cache_root() -> Path:
+    """Return the directory pieceboard caches data in.
+
+    Returns:
+        ``$PIECEBOARD_CACHE`` if set and not empty, else ``~/.cache/pieceboard``.
+    """
+    configured = os.environ.get("PIECEBOARD_CACHE")
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "pieceboard"
+
+
+def materialize(name: str, root: Path | None = None) -> Path:
+    """Return the folder of a built-in dataset, writing it first if it is not there yet.
+
+    The tree is written into a temporary directory beside the target and renamed into place, so an interrupted build
+    never leaves a partial dataset behind, and concurrent builds are safe: the first rename wins and the others
+    discard their copy.
+
+    Args:
+        name: A key of `BUILTINS`, e.g. ``"digits"``.
+        root: Cache directory; defaults to `cache_root`.
+
+    Returns:
+        ``<root>/builtin/<name>-v1``, a class-folder image tree.
+
+    Raises:
+        ValueError: ``name`` is not a built-in dataset.
+    """
+    if name not in BUILTINS:
+        known = ", ".join(sorted(BUILTINS))
+        raise ValueError(f"unknown built-in dataset {name!r}; known: {known}")
+    parent = (cache_root() if root is None else Path(root)) / "builtin"
+    target = parent / f"{name}-{_VERSION}"
+    if _is_complete(target):
+        return target
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    try:
+        BUILTINS[name](staging)
+        (staging / _COMPLETE_MARKER).write_text(f"pieceboard {PREFIX}{name} {_VERSION}\n", encoding="utf-8")
+        if target.exists() and not _is_complete(target):
+            # Not written by us (we only ever rename whole trees into place), so it cannot be trusted.
+            shutil.rmtree(target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # Another process renamed its finished tree into place first; theirs is as good as ours.
+            if not _is_complete(target):
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def is_builtin(spec: str) -> bool:
+    """Tell whether a dataset spec names a built-in dataset.
+
+    Args:
+        spec: A dataset spec: ``"builtin:<name>"`` or a path.
+
+    Returns:
+        True if ``spec`` starts with ``"builtin:"``.
+    """
+    return spec.startswith(PREFIX)
+
+
+def resolve(spec: str) -> Path:
+    """Turn a dataset spec into a folder, materialising built-in datasets on first use.
+
+    Args:
+        spec: ``"builtin:<name>"`` or a path, which may start with ``~``.
+
+    Returns:
+        The dataset's folder. Paths are not checked for existence.
+
+    Raises:
+        ValueError: ``spec`` names an unknown built-in dataset.
+    """
+    if is_builtin(spec):
+        return materialize(spec[len(PREFIX) :])
+    return Path(spec).expanduser()
+
+
+def _is_complete(tree: Path) -> bool:
+    return (tree / _COMPLETE_MARKER).is_file()

@@ -1,0 +1,340 @@
+"""The benchmark file: schema, `--set` overrides, matrix expansion and the errors a user sees.
+
+    from pieceboard.config import load_config
+    config = load_config("benchmarks/demo.toml", overrides=["defaults.epochs=1"])
+    for cell in config.cells: print(cell.id)
+
+Every mistake is a `ConfigError` whose message names the file, the table and the key; the command line turns
+it into one line on stderr and exit code 2, before anything trains.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MLP_NAME = "pieceboard_mlp"
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+class PieceboardError(Exception):
+    """The user's input is wrong: shown as one message, exit code 2, no traceback."""
+
+
+class ConfigError(PieceboardError):
+    """A benchmark file, or an override of it, is invalid."""
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, validate_default=True)
+
+
+class BenchmarkTable(_Table):
+    """`[benchmark]`: what the study is called and where it writes."""
+
+    name: str = Field("benchmark", description="Names the study; the output defaults to results/<name>.")
+    output: str | None = Field(None, description="Output folder; default results/<name>.")
+    wandb: Literal["auto", "online", "offline", "off"] = Field(
+        "auto", description="Weights & Biases: auto = online with an API key, otherwise offline files."
+    )
+    wandb_project: str | None = Field(None, description="W&B project; default: the benchmark name.")
+
+
+class DataTable(_Table):
+    """`[data]`: the folder and how it is split."""
+
+    path: str = Field(..., description="A folder of class folders, or builtin:digits.")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each class held out for testing.")
+    split_seed: int = Field(0, ge=0, description="Seed of the stratified split.")
+    cache_dir: str | None = Field(None, description="Decoded-image cache; default $PIECEBOARD_CACHE or ~/.cache.")
+
+
+class TrainSettings(_Table):
+    """`[defaults]`, and what each `[[runs]]` entry or `[matrix]` axis may change."""
+
+    epochs: int = Field(10, gt=0, description="Passes over the training split.")
+    batch_size: int = Field(32, gt=0, description="Global batch: split across processes.")
+    image_size: int = Field(200, ge=8, le=2048, description="Images are resized to this square size.")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="Through timm's optimizer factory.")
+    lr: float = Field(1e-3, gt=0, description="Learning rate of the global batch.")
+    weight_decay: float = Field(1e-4, ge=0, description="Not applied to biases and norm layers.")
+    scheduler: Literal["cosine", "step", "none"] = Field("cosine", description="Per-step LR schedule.")
+    warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs (cosine and step schedules).")
+    precision: Literal["no", "bf16", "fp16", "auto"] = Field("auto", description="Mixed precision.")
+    channels_last: bool | Literal["auto"] = Field("auto", description="Memory layout for convnets.")
+    augment: list[Literal["hflip", "crop"]] = Field(
+        default_factory=list, description="Batch augmentations on the device: hflip, crop (random resized)."
+    )
+    log_every: int = Field(20, gt=0, description="Batches between train-loss logs.")
+    seed: int = Field(0, ge=0, description="Seed of weights init and data order.")
+
+
+SETTING_KEYS = tuple(TrainSettings.model_fields)
+
+# A run may change any setting; None means "take it from [defaults]". Generated, so the two never drift.
+_RunSettings = create_model(
+    "_RunSettings",
+    __base__=_Table,
+    **{key: (info.annotation | None, None) for key, info in TrainSettings.model_fields.items()},
+)
+
+
+class RunTable(_RunSettings):
+    """One `[[runs]]` entry: a model, a fine-tune mode, and settings that differ from `[defaults]`."""
+
+    name: str = Field(..., description="Unique; a single safe path component.")
+    model: str = Field(..., description="Any timm model name, or pieceboard_mlp.")
+    mode: Literal["scratch", "finetune", "linear_probe"] = Field("finetune", description="How weights start/train.")
+    weights: str | None = Field(None, description="Local pretrained weights (.safetensors).")
+
+
+class _File(_Table):
+    benchmark: BenchmarkTable = Field(default_factory=BenchmarkTable)
+    data: DataTable
+    defaults: TrainSettings = Field(default_factory=TrainSettings)
+    runs: list[RunTable] = Field(..., min_length=1)
+    matrix: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the run matrix: a run with every setting resolved."""
+
+    id: str
+    run: str
+    model: str
+    mode: str
+    weights: str | None
+    settings: TrainSettings
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as stored in result.json."""
+        return {"run": self.run, "model": self.model, "mode": self.mode, "weights": self.weights} | (
+            self.settings.model_dump()
+        )
+
+
+@dataclass
+class Config:
+    """A validated benchmark file."""
+
+    path: Path | None
+    benchmark: BenchmarkTable
+    data: DataTable
+    defaults: TrainSettings
+    runs: list[RunTable]
+    matrix: dict[str, list[Any]]
+    cells: list[Cell] = field(default_factory=list)
+
+    @property
+    def output(self) -> Path:
+        """Where results go: `[benchmark] output`, else results/<name>."""
+        return Path(self.benchmark.output or Path("results") / self.benchmark.name)
+
+
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Read, override, validate and expand a benchmark.
+
+    Args:
+        source: A TOML file, or the same content as a dict.
+        overrides: `KEY=VALUE` strings with dotted keys, e.g. `defaults.epochs=3` or `runs.mlp.lr=0.01`.
+
+    Returns:
+        The validated config with its matrix expanded into `cells`.
+
+    Raises:
+        ConfigError: Naming the file, table and key of the first problems found.
+    """
+    if isinstance(source, dict):
+        path, raw = None, source
+    else:
+        path = Path(source)
+        raw = _read_toml(path)
+    where = str(path) if path else "<config>"
+    for item in overrides or []:
+        _apply_override(raw, item, where)
+    try:
+        parsed = _File.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(err, raw, where) for err in exc.errors())) from None
+    config = Config(path, parsed.benchmark, parsed.data, parsed.defaults, parsed.runs, parsed.matrix)
+    _check_runs(config, where)
+    config.cells = expand(config, where)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such benchmark file")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _parse_value(text: str) -> Any:
+    # TOML literals (3, 1e-3, true, [50, 200], "x"); anything else is taken as a bare string.
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_override(raw: dict[str, Any], item: str, where: str) -> None:
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. defaults.epochs=3")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):  # runs.<name or index>
+            node = _find_run(node, part, item, where)
+        else:
+            node = node.setdefault(part, {} if parts[depth + 1 :] else None)
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[: depth + 1])} in {where} is not a table")
+    if isinstance(node, list):
+        raise ConfigError(f"--set {item!r}: name a run and a key, e.g. runs.<name>.epochs=3")
+    node[parts[-1]] = _parse_value(text.strip())
+
+
+def _find_run(runs: list[Any], part: str, item: str, where: str) -> dict[str, Any]:
+    for index, run in enumerate(runs):
+        if isinstance(run, dict) and (run.get("name") == part or str(index) == part):
+            return run
+    names = [r.get("name") for r in runs if isinstance(r, dict)]
+    raise ConfigError(f"--set {item!r}: {where} has no run named {part!r} (runs: {', '.join(map(str, names))})")
+
+
+def _table_name(loc: tuple[Any, ...], raw: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """Turn a pydantic location into ('[[runs]] 'name'', rest-of-location)."""
+    if not loc:
+        return "top level", ()
+    if loc[0] == "runs" and len(loc) > 1 and isinstance(loc[1], int):
+        runs = raw.get("runs") or []
+        run = runs[loc[1]] if loc[1] < len(runs) and isinstance(runs[loc[1]], dict) else {}
+        label = f"'{run['name']}'" if isinstance(run.get("name"), str) else f"#{loc[1] + 1}"
+        return f"[[runs]] {label}", loc[2:]
+    return f"[{loc[0]}]", loc[1:]
+
+
+def _describe(err: dict[str, Any], raw: dict[str, Any], where: str) -> str:
+    table, rest = _table_name(tuple(err["loc"]), raw)
+    key = ".".join(str(p) for p in rest)
+    if err["type"] == "extra_forbidden":
+        valid = _valid_keys(tuple(err["loc"][:-1]))
+        hint = difflib.get_close_matches(str(rest[-1] if rest else err["loc"][-1]), valid, n=1)
+        if not rest:
+            return f"{where}: unknown table [{err['loc'][-1]}]" + (f"; did you mean [{hint[0]}]?" if hint else "")
+        suffix = f"; did you mean '{hint[0]}'?" if hint else f"; valid keys: {', '.join(valid)}"
+        return f"{where}: {table}: unknown key '{key}'{suffix}"
+    if err["type"] == "missing":
+        return f"{where}: {table}: missing required key '{key}'"
+    got = f" (got {err['input']!r})" if not isinstance(err.get("input"), dict | list) else ""
+    return f"{where}: {table}: key '{key}': {err['msg'].lower()}{got}"
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    models: dict[str, type[BaseModel]] = {
+        "benchmark": BenchmarkTable,
+        "data": DataTable,
+        "defaults": TrainSettings,
+        "runs": RunTable,
+    }
+    if not loc:
+        return list(_File.model_fields)
+    model = models.get(str(loc[0]))
+    return list(model.model_fields) if model else []
+
+
+def _check_runs(config: Config, where: str) -> None:
+    from pieceboard.models import known_model, similar_models  # timm import is slow: only when validating
+
+    seen: set[str] = set()
+    for run in config.runs:
+        table = f"{where}: [[runs]] '{run.name}'"
+        if not SAFE_NAME.match(run.name):
+            raise ConfigError(
+                f"{table}: key 'name': must be one safe path component (letters, digits, . _ + -; no '/', '@' or "
+                "spaces), since it names the run's result folder"
+            )
+        if run.name in seen:
+            raise ConfigError(f"{table}: key 'name': duplicate run name; every run needs its own")
+        seen.add(run.name)
+        if not known_model(run.model):
+            near = similar_models(run.model)
+            hint = f"; nearest timm names: {', '.join(near)}" if near else ""
+            raise ConfigError(f"{table}: key 'model': unknown model '{run.model}'{hint}")
+        if run.weights is not None and run.mode == "scratch":
+            raise ConfigError(f"{table}: key 'weights': a scratch run starts from random weights; remove it")
+        for axis in config.matrix:
+            if getattr(run, axis, None) is not None:
+                raise ConfigError(f"{table}: key '{axis}': also a [matrix] axis; set it in one place only")
+
+
+def _axis_label(key: str, value: Any) -> str:
+    if key == "image_size":
+        return f"{value}px"
+    if key == "batch_size":
+        return f"bs{value}"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "+".join(map(str, value)) or f"no-{key}"
+    return f"{key}{value}"
+
+
+def expand(config: Config, where: str = "<config>") -> list[Cell]:
+    """Cross every run with the `[matrix]` axes into cells with readable ids.
+
+    Args:
+        config: A config whose tables are validated.
+        where: The file name used in error messages.
+
+    Returns:
+        One cell per run and combination of axis values, in file order.
+    """
+    for axis, values in config.matrix.items():
+        if axis not in SETTING_KEYS:
+            hint = difflib.get_close_matches(axis, SETTING_KEYS, n=1)
+            raise ConfigError(
+                f"{where}: [matrix]: unknown axis '{axis}'" + (f"; did you mean '{hint[0]}'?" if hint else "")
+            )
+        if not values:
+            raise ConfigError(f"{where}: [matrix]: axis '{axis}' has no values")
+    cells = []
+    base = config.defaults.model_dump()
+    axes = list(config.matrix)
+    for run in config.runs:
+        own = {k: v for k, v in run.model_dump(include=set(SETTING_KEYS)).items() if v is not None}
+        for combo in itertools.product(*(config.matrix[a] for a in axes)):
+            values = base | own | dict(zip(axes, combo, strict=True))
+            try:
+                settings = TrainSettings.model_validate(values)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                key = ".".join(map(str, first["loc"]))
+                raise ConfigError(
+                    f"{where}: [matrix] / [[runs]] '{run.name}': key '{key}': {first['msg'].lower()} "
+                    f"(got {first.get('input')!r})"
+                ) from None
+            labels = [_axis_label(a, v) for a, v in zip(axes, combo, strict=True)]
+            cell_id = run.name + ("@" + "-".join(labels) if labels else "")
+            cells.append(Cell(cell_id, run.name, run.model, run.mode, run.weights, settings))
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ConfigError(f"{where}: [matrix]: two cells would both be named '{dup}'; make axis values distinct")
+    return cells

@@ -1,0 +1,150 @@
+"""The leaderboard: completed runs ranked by macro F1, cost beside quality, failed and skipped runs with reasons.
+
+    from pieceboard import Leaderboard
+    board = Leaderboard.from_dir("results/demo")
+    print(board.to_markdown())
+
+It is derived from the stored results alone and never changes them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from pieceboard.results import RunResult, atomic_write_text, load_results
+
+# (row key, header, format) in display order; the same names as result.json.
+COLUMNS: list[tuple[str, str, str]] = [
+    ("rank", "#", "{}"),
+    ("id", "run", "{}"),
+    ("model", "model", "{}"),
+    ("mode", "mode", "{}"),
+    ("image_size", "px", "{}"),
+    ("batch_size", "batch", "{}"),
+    ("epochs", "epochs", "{}"),
+    ("accuracy", "acc", "{:.4f}"),
+    ("f1_macro", "F1", "{:.4f}"),
+    ("precision_macro", "prec", "{:.4f}"),
+    ("recall_macro", "recall", "{:.4f}"),
+    ("test_loss", "test loss", "{:.4f}"),
+    ("train_loss", "train loss", "{:.4f}"),
+    ("params", "params", "{}"),
+    ("gflops", "GFLOP/img", "{:.3f}"),
+    ("train_s", "train s", "{:.1f}"),
+    ("train_img_s", "train img/s", "{:.0f}"),
+    ("eval_img_s", "eval img/s", "{:.0f}"),
+    ("precision", "precision", "{}"),
+    ("status", "status", "{}"),
+]
+METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "test_loss", "train_loss")
+COSTS = ("params", "trainable_params", "gflops", "train_s", "train_img_s", "eval_img_s", "cache_s", "n_test")
+
+
+def _row(result: RunResult) -> dict[str, Any]:
+    config = result.config
+    row: dict[str, Any] = {"id": result.id, "status": result.status, "error": result.error}
+    for key in ("run", "model", "mode", "image_size", "batch_size", "epochs", "seed"):
+        row[key] = config.get(key)
+    for key in METRICS:
+        row[key] = result.metrics.get(key)
+    for key in COSTS:
+        row[key] = getattr(result, key)
+    row["precision"] = result.precision
+    row["channels_last"] = result.channels_last
+    row["processes"] = result.environment.get("processes")
+    return row
+
+
+def _human_count(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def _fmt(key: str, spec: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if key == "params":
+        return _human_count(int(value))
+    return spec.format(value)
+
+
+@dataclass
+class Leaderboard:
+    """Rows ranked by macro F1 (then accuracy); rows that did not complete come last, with their error."""
+
+    rows: list[dict[str, Any]]
+
+    @classmethod
+    def from_results(cls, results: list[RunResult]) -> Leaderboard:
+        """Rank a list of results."""
+        rows = [_row(r) for r in results]
+        done = sorted(
+            (r for r in rows if r["status"] == "completed"),
+            key=lambda r: (-(r["f1_macro"] or 0.0), -(r["accuracy"] or 0.0), r["id"]),
+        )
+        others = sorted((r for r in rows if r["status"] != "completed"), key=lambda r: r["id"])
+        for rank, row in enumerate(done, start=1):
+            row["rank"] = rank
+        for row in others:
+            row["rank"] = None
+        return cls(done + others)
+
+    @classmethod
+    def from_dir(cls, output: str | Path) -> Leaderboard:
+        """Rank the results stored under a benchmark's output folder."""
+        return cls.from_results(load_results(Path(output)))
+
+    def table(self, title: str | None = None) -> Table:
+        """A rich table for the terminal."""
+        table = Table(title=title, header_style="bold", show_lines=False)
+        numeric = {k for k, _, spec in COLUMNS if spec != "{}"} | {"params", "image_size", "batch_size", "epochs"}
+        for key, header, _ in COLUMNS:
+            table.add_column(header, justify="right" if key in numeric or key == "rank" else "left")
+        for row in self.rows:
+            if row["status"] == "completed":
+                table.add_row(*(_fmt(k, spec, row.get(k)) for k, _, spec in COLUMNS))
+            else:
+                cells = [_fmt(k, spec, row.get(k)) for k, _, spec in COLUMNS[:7]]
+                reason = f"{row['status']}: {row.get('error') or ''}".strip()
+                table.add_row(*cells, *["-"] * (len(COLUMNS) - 8), f"[red]{reason}[/red]")
+        return table
+
+    def to_json(self) -> str:
+        """All rows with every field, as JSON."""
+        return json.dumps(self.rows, indent=2) + "\n"
+
+    def to_csv(self) -> str:
+        """All rows with every field, as CSV."""
+        buffer = io.StringIO()
+        fields = list(dict.fromkeys(["rank", *(k for row in self.rows for k in row)]))
+        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return buffer.getvalue()
+
+    def to_markdown(self) -> str:
+        """The displayed columns as a Markdown table (errors in the status column)."""
+        lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        for row in self.rows:
+            cells = [_fmt(k, spec, row.get(k)) for k, _, spec in COLUMNS]
+            if row["status"] != "completed":
+                cells[-1] = f"{row['status']}: {row.get('error') or ''}".replace("|", "\\|").replace("\n", " ")
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def write(self, output: str | Path) -> None:
+        """Write leaderboard.json, .csv and .md into the output folder."""
+        output = Path(output)
+        atomic_write_text(output / "leaderboard.json", self.to_json())
+        atomic_write_text(output / "leaderboard.csv", self.to_csv())
+        atomic_write_text(output / "leaderboard.md", self.to_markdown())

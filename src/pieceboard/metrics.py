@@ -1,0 +1,229 @@
+"""Classification metrics and multi-seed statistics.
+
+The metric is an `evaluate.Metric` subclass that ships with pieceboard and is instantiated directly, so it works
+offline: `evaluate.load("accuracy")` would need the Hugging Face Hub.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import evaluate
+import numpy as np
+from scipy import stats
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+__all__ = ["ClassificationMetrics", "classification_metrics", "mean_ci"]
+
+_DESCRIPTION = """\
+Single-label classification metrics computed with scikit-learn: accuracy, macro-averaged precision, recall and F1,
+per-class precision, recall, F1 and support, and the confusion matrix. Every class in `range(num_classes)` counts,
+including classes that are never predicted or never occur in the references (their scores are 0).
+"""
+
+_CITATION = """\
+@article{scikit-learn,
+  title={Scikit-learn: Machine Learning in {P}ython},
+  author={Pedregosa, F. and Varoquaux, G. and Gramfort, A. and Michel, V. and Thirion, B. and Grisel, O. and
+          Blondel, M. and Prettenhofer, P. and Weiss, R. and Dubourg, V. and Vanderplas, J. and Passos, A. and
+          Cournapeau, D. and Brucher, M. and Perrot, M. and Duchesnay, E.},
+  journal={Journal of Machine Learning Research},
+  volume={12},
+  pages={2825--2830},
+  year={2011}
+}
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: Predicted class indices, one per sample, in `[0, num_classes)`.
+    references: True class indices, one per sample, in `[0, num_classes)`.
+    num_classes: Number of classes; every index in `range(num_classes)` is scored.
+    class_names: Optional names for the classes, in index order; used as the `label` of `per_class` entries.
+        Defaults to the class indices as strings.
+
+Returns:
+    accuracy: Fraction of samples predicted correctly.
+    precision_macro: Unweighted mean of the per-class precisions.
+    recall_macro: Unweighted mean of the per-class recalls.
+    f1_macro: Unweighted mean of the per-class F1 scores.
+    per_class: One dict per class in index order with `label`, `precision`, `recall`, `f1` and `support`.
+    confusion_matrix: `num_classes` x `num_classes` counts; rows are true classes, columns predicted classes.
+
+Examples:
+    >>> metric = ClassificationMetrics()
+    >>> metric.compute(predictions=[0, 1, 1, 0], references=[0, 1, 0, 0], num_classes=2)["accuracy"]
+    0.75
+"""
+
+
+class ClassificationMetrics(evaluate.Metric):
+    """Accuracy, macro precision/recall/F1, per-class scores and confusion matrix for single-label classification.
+
+    Unlike `evaluate.Metric`, predictions and references are kept in memory by default and no cache directory is
+    created, so instantiating the metric is cheap and touches neither the network nor the disk.
+
+    Args:
+        config_name: Passed to `evaluate.Metric`.
+        keep_in_memory: Keep the accumulated predictions in memory rather than in Arrow cache files. Defaults to
+            True for a single process; distributed use (`num_process > 1`) needs the files, so it then defaults to
+            False and `cache_dir` should be on a shared file system.
+        **kwargs: Passed to `evaluate.Metric` (`cache_dir`, `num_process`, `process_id`, `experiment_id`, ...).
+    """
+
+    def __init__(self, config_name: str | None = None, keep_in_memory: bool | None = None, **kwargs: Any) -> None:
+        if keep_in_memory is None:
+            # evaluate refuses keep_in_memory with several processes, since they exchange data through files.
+            keep_in_memory = kwargs.get("num_process", 1) == 1
+        super().__init__(config_name=config_name, keep_in_memory=keep_in_memory, **kwargs)
+
+    def _build_data_dir(self) -> str:
+        # evaluate always creates <cache_dir>/<name>/<config> (by default under ~/.cache/huggingface/metrics), even
+        # when everything stays in memory; in that case the path is never written to, so skip creating it.
+        if self.keep_in_memory:
+            return os.path.join(self._data_dir_root, self.name, self.config_name)
+        return super()._build_data_dir()
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+            # numpy rather than Python lists: scikit-learn converts lists anyway, and large test sets are common.
+            format="numpy",
+            reference_urls=["https://scikit-learn.org/stable/modules/model_evaluation.html"],
+        )
+
+    def _compute(
+        self,
+        predictions: Any,
+        references: Any,
+        num_classes: int,
+        class_names: list[str] | None = None,
+    ) -> dict[str, Any]:
+        predictions = np.asarray(predictions, dtype=np.int64)
+        references = np.asarray(references, dtype=np.int64)
+        _validate(predictions, references, num_classes, class_names)
+
+        labels = list(range(num_classes))
+        # zero_division=0: a class that is never predicted (precision) or never present (recall) scores 0 instead
+        # of warning; passing labels keeps such classes in the macro averages and in the per-class table.
+        precision, recall, f1, support = precision_recall_fscore_support(
+            references, predictions, labels=labels, average=None, zero_division=0
+        )
+        matrix = confusion_matrix(references, predictions, labels=labels)
+        names = class_names if class_names is not None else [str(i) for i in labels]
+        per_class = [
+            {
+                "label": names[i],
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i in labels
+        ]
+        # tolist() and float()/int() turn numpy scalars into Python ones so the result is JSON-serialisable.
+        return {
+            "accuracy": float(accuracy_score(references, predictions)),
+            "precision_macro": float(np.mean(precision)),
+            "recall_macro": float(np.mean(recall)),
+            "f1_macro": float(np.mean(f1)),
+            "per_class": per_class,
+            "confusion_matrix": matrix.tolist(),
+        }
+
+
+def _validate(predictions: np.ndarray, references: np.ndarray, num_classes: int, class_names: list[str] | None) -> None:
+    # scikit-learn would silently drop out-of-range labels from some figures but not from accuracy, so refuse them.
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+    if predictions.shape != references.shape:
+        raise ValueError(f"predictions {predictions.shape} and references {references.shape} differ in shape")
+    if predictions.size == 0:
+        raise ValueError("no predictions to score")
+    for name, values in (("predictions", predictions), ("references", references)):
+        if values.min() < 0 or values.max() >= num_classes:
+            raise ValueError(f"{name} must lie in [0, {num_classes}), got values in [{values.min()}, {values.max()}]")
+
+
+def _to_int_array(values: Any, name: str) -> np.ndarray:
+    if hasattr(values, "detach"):  # torch tensor, possibly on a GPU; avoids importing torch here
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(
+            f"{name} must be one class index per sample (1-D), got shape {array.shape}; argmax logits first"
+        )
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer class indices, got dtype {array.dtype}")
+    return array.astype(np.int64, copy=False)
+
+
+def classification_metrics(
+    predictions: Any,
+    references: Any,
+    num_classes: int,
+    class_names: list[str] | None = None,
+) -> dict[str, Any]:
+    """Scores class predictions against references with `ClassificationMetrics`.
+
+    Args:
+        predictions: Predicted class indices, one per sample (list, numpy array or torch tensor on any device).
+        references: True class indices, one per sample, in the same forms.
+        num_classes: Number of classes; every index in `range(num_classes)` is scored.
+        class_names: Optional names for the classes, in index order.
+
+    Returns:
+        JSON-serialisable dict with `accuracy`, `precision_macro`, `recall_macro`, `f1_macro`, `per_class` and
+        `confusion_matrix`; see `ClassificationMetrics`.
+
+    Raises:
+        ValueError: If the inputs are empty, not 1-D integer indices, differ in length, or hold an index outside
+            `[0, num_classes)`, or if `class_names` does not have `num_classes` names.
+    """
+    predictions = _to_int_array(predictions, "predictions")
+    references = _to_int_array(references, "references")
+    # Checked before evaluate sees the data, so errors name the real problem rather than an Arrow encoding failure.
+    _validate(predictions, references, num_classes, class_names)
+    return ClassificationMetrics().compute(
+        predictions=predictions, references=references, num_classes=num_classes, class_names=class_names
+    )
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval of the mean, e.g. of one metric over several seeds.
+
+    Args:
+        values: Observations, at least one.
+        confidence: Coverage of the interval, strictly between 0 and 1.
+
+    Returns:
+        `(mean, low, high)`. With a single value there is no spread to estimate, so `low` and `high` are
+        `float("nan")` rather than a misleading zero-width interval. When all values are equal the interval is
+        `(mean, mean)`.
+
+    Raises:
+        ValueError: If `values` is empty or `confidence` is not in (0, 1).
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    array = np.asarray(values, dtype=np.float64)
+    if array.size == 0:
+        raise ValueError("mean_ci needs at least one value")
+    mean = float(array.mean())
+    if array.size == 1:
+        return mean, math.nan, math.nan
+    sem = float(stats.sem(array))
+    if sem == 0.0:
+        # scipy returns nan for a zero scale, but identical values genuinely have a zero-width interval.
+        return mean, mean, mean
+    low, high = stats.t.interval(confidence, df=array.size - 1, loc=mean, scale=sem)
+    return mean, float(low), float(high)

@@ -1,0 +1,360 @@
+"""Fit and evaluate one run of the matrix under `accelerate.Accelerator`.
+
+    accelerator = make_accelerator("auto")
+    outcome = fit(cell, run_data, accelerator, weights_file=None, log=print)
+
+The loop in one breath: seed, build the timm model, prepare it with the optimizer, then per epoch train on whole
+batches from the decode-once cache and evaluate the full test split exactly once (every process scores its own
+shard; the shards are gathered, checked for completeness and scored on every process).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import timm
+import timm.optim
+import timm.scheduler
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import set_seed
+
+from pieceboard.config import Cell, PieceboardError
+from pieceboard.data import BatchLoader, augment, to_float
+from pieceboard.metrics import classification_metrics
+from pieceboard.models import build_model, count_parameters, is_convnet, normalization, set_train_mode
+
+# channels_last helps convnets once feature maps are large enough to amortise the layout (measured in
+# `pieceboard throughput`: a gain at 200 px on this kind of CPU, none at 50-64 px).
+CHANNELS_LAST_MIN_SIZE = 128
+
+
+@dataclass
+class RunData:
+    """What a run needs from the data side: cached pixels, labels and the split."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    train_indices: np.ndarray
+    test_indices: np.ndarray
+    class_names: list[str]
+    mean_std: tuple[list[float], list[float]]
+    cache_s: float = 0.0
+
+
+@dataclass
+class FitOutcome:
+    """Everything a run measured; `results.RunResult` stores it."""
+
+    metrics: dict[str, float]
+    per_class: list[dict[str, Any]]
+    confusion_matrix: list[list[int]]
+    history: list[dict[str, float]]
+    params: int
+    trainable_params: int
+    gflops: float
+    train_s: float
+    train_img_s: float
+    eval_img_s: float
+    data_wait_s: float
+    n_train: int
+    n_test: int
+    predictions: np.ndarray  # predicted class per test image, in test_indices order
+    precision: str
+    channels_last: bool
+    environment: dict[str, Any] = field(default_factory=dict)
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training diverged: the run is recorded as failed."""
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16), so bf16 autocast is faster than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(requested: str, device_type: str) -> str:
+    """The precision a run uses.
+
+    `auto`: `accelerate launch --mixed_precision X` when given; otherwise bf16 on a GPU that supports it, fp16 on
+    an older GPU, bf16 on a CPU with AMX or AVX512-BF16, and fp32 ("no") on other CPUs.
+
+    Raises:
+        PieceboardError: fp16 on a CPU (autocast would silently train in fp32 there).
+    """
+    if requested == "auto":
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        if launched in ("bf16", "fp16"):
+            requested = launched
+        elif device_type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            return "bf16" if cpu_has_bf16() else "no"
+    if requested == "fp16" and device_type != "cuda":
+        raise PieceboardError(
+            f'precision = "fp16" needs a GPU (this run is on {device_type}); use "bf16", "no" or "auto"'
+        )
+    return requested
+
+
+def device_type() -> str:
+    """The device accelerate will pick: cuda unless absent or ACCELERATE_USE_CPU is set."""
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
+
+
+def make_accelerator(precision: str) -> Accelerator:
+    """An Accelerator for one run; each run may ask for its own precision."""
+    # AcceleratorState fixes mixed precision for the process; reset it (keeping the process group) per run.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=precision)
+
+
+def _scheduler(optimizer, cell: Cell, steps_per_epoch: int):
+    s = cell.settings
+    if s.scheduler == "none":
+        return None
+    scheduler, _ = timm.scheduler.create_scheduler_v2(
+        optimizer,
+        sched=s.scheduler,
+        num_epochs=s.epochs,
+        decay_epochs=max(1, s.epochs // 3),  # step: divide the LR by 10 at each third of training
+        decay_rate=0.1,
+        warmup_epochs=s.warmup_epochs,
+        warmup_lr=s.lr * 0.01,
+        step_on_epochs=False,  # updated every step, so short benchmarks still follow the curve
+        updates_per_epoch=steps_per_epoch,
+    )
+    return scheduler
+
+
+def _gflops(model: torch.nn.Module, image_size: int, device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, 3, image_size, image_size, device=device))
+    model.train(was_training)
+    return counter.get_total_flops() / 1e9
+
+
+def _sync(accelerator: Accelerator) -> None:
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize(accelerator.device)
+
+
+def evaluate(
+    model: torch.nn.Module, loader: BatchLoader, accelerator: Accelerator, mean_std: tuple, expected: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Score every test image exactly once across all processes.
+
+    Returns:
+        (positions, predictions, losses) sorted by manifest position, identical on every process.
+
+    Raises:
+        RuntimeError: The gathered predictions do not cover the test split exactly once.
+    """
+    model.eval()
+    positions, predictions, losses = [], [], []
+    with torch.no_grad(), accelerator.autocast():
+        for images, labels, index in loader:
+            logits = model(to_float(images, *mean_std)).float()
+            losses.append(F.cross_entropy(logits, labels, reduction="none"))
+            predictions.append(logits.argmax(dim=1))
+            positions.append(index.to(accelerator.device))
+    device = accelerator.device
+    local = torch.stack(
+        [
+            torch.cat(positions).double() if positions else torch.empty(0, dtype=torch.float64, device=device),
+            torch.cat(predictions).double() if predictions else torch.empty(0, dtype=torch.float64, device=device),
+            torch.cat(losses).double() if losses else torch.empty(0, dtype=torch.float64, device=device),
+        ],
+        dim=1,
+    )
+    # Our loader shards without padding, so shards may differ by a few rows: pad with -1, gather, drop padding.
+    padded = accelerator.pad_across_processes(local, dim=0, pad_index=-1)
+    gathered = accelerator.gather(padded).cpu().numpy()
+    gathered = gathered[gathered[:, 0] >= 0]
+    gathered = gathered[np.argsort(gathered[:, 0], kind="stable")]
+    got = gathered[:, 0].astype(np.int64)
+    if len(got) != len(expected) or not np.array_equal(got, np.sort(expected)):
+        raise RuntimeError(
+            f"evaluation scored {len(got)} images ({len(np.unique(got))} distinct) but the test split has "
+            f"{len(expected)}: predictions would be wrong, so the run stops"
+        )
+    return got, gathered[:, 1].astype(np.int64), gathered[:, 2]
+
+
+def fit(
+    cell: Cell,
+    data: RunData,
+    accelerator: Accelerator,
+    weights_file: str | None = None,
+    log: Callable[[dict[str, Any]], None] | None = None,
+) -> FitOutcome:
+    """Train one cell and evaluate it after every epoch.
+
+    Args:
+        cell: The run with resolved settings.
+        data: Cached pixels, labels and split.
+        accelerator: From `make_accelerator`, with the run's precision.
+        weights_file: Pretrained weights (from `models.resolve_weights`) unless the mode is scratch.
+        log: Receives `{"event": "train", ...}` every `log_every` batches and `{"event": "epoch", ...}` per epoch.
+
+    Returns:
+        Metrics of the last epoch, per-epoch history, costs and the test predictions.
+    """
+    s = cell.settings
+    log = log or (lambda _: None)
+    set_seed(s.seed)
+    num_classes = len(data.class_names)
+    model = build_model(cell.model, cell.mode, num_classes, s.image_size, weights_file)
+    mean_std = normalization(model, cell.mode, data.mean_std)
+    params, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
+    channels_last = is_convnet(model) and (
+        s.channels_last if s.channels_last != "auto" else s.image_size >= CHANNELS_LAST_MIN_SIZE
+    )
+    model = model.to(accelerator.device)
+    gflops = _gflops(model, s.image_size, accelerator.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = timm.optim.create_optimizer_v2(model, opt=s.optimizer, lr=s.lr, weight_decay=s.weight_decay)
+    shard = {"rank": accelerator.process_index, "world": accelerator.num_processes, "device": accelerator.device}
+    train_loader = BatchLoader(
+        data.pixels, data.labels, data.train_indices, s.batch_size, shuffle=True, seed=s.seed, **shard
+    )
+    test_loader = BatchLoader(data.pixels, data.labels, data.test_indices, s.batch_size, shuffle=False, **shard)
+    steps_per_epoch = len(train_loader)
+    scheduler = _scheduler(optimizer, cell, steps_per_epoch)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    generator = torch.Generator(device=accelerator.device).manual_seed(s.seed)
+
+    history: list[dict[str, float]] = []
+    train_s = eval_s = wait_s = 0.0
+    trained_images = 0
+    started = time.perf_counter()
+    update = 0
+    for epoch in range(s.epochs):
+        set_train_mode(model)
+        train_loader.set_epoch(epoch)
+        loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+        seen = 0
+        epoch_start = time.perf_counter()
+        waited_from = epoch_start
+        for step, (images, labels, _) in enumerate(train_loader):
+            wait_s += time.perf_counter() - waited_from
+            x = to_float(images, *mean_std)
+            if s.augment:
+                x = augment(x, s.augment, generator)
+            with accelerator.autocast():
+                loss = F.cross_entropy(model(x), labels)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            update += 1
+            if scheduler is not None:
+                scheduler.step_update(update)
+            loss_sum += loss.detach().double() * len(labels)
+            seen += len(labels)
+            if step % s.log_every == 0:
+                # Averaged over processes so that all of them agree on a divergence and stop together; .item()
+                # waits for the device, hence only every log_every batches.
+                value = accelerator.reduce(loss.detach().float(), reduction="mean").item()
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(f"training loss became {value} at epoch {epoch + 1}, step {step + 1}")
+                lr = optimizer.param_groups[0]["lr"]
+                log({"event": "train", "epoch": epoch, "step": step, "steps": steps_per_epoch, "update": update,
+                     "train/loss": value, "train/lr": lr})  # fmt: skip
+            waited_from = time.perf_counter()
+        _sync(accelerator)
+        epoch_train_s = time.perf_counter() - epoch_start
+        train_s += epoch_train_s
+        totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=loss_sum.device).double()]))
+        train_loss = float(totals[0] / max(totals[1], 1))
+        trained_images += int(totals[1])
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch + 1}")
+
+        eval_start = time.perf_counter()
+        positions, predictions, losses = evaluate(model, test_loader, accelerator, mean_std, data.test_indices)
+        _sync(accelerator)
+        eval_s += time.perf_counter() - eval_start
+        scores = classification_metrics(predictions, data.labels[positions], num_classes, data.class_names)
+        entry = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "test_loss": float(losses.mean()),
+            "accuracy": scores["accuracy"],
+            "f1_macro": scores["f1_macro"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_s": epoch_train_s,
+            "elapsed_s": time.perf_counter() - started,
+        }
+        history.append(entry)
+        log({"event": "epoch", "update": update, **entry})
+
+    metrics = {k: scores[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro")}
+    metrics |= {"test_loss": history[-1]["test_loss"], "train_loss": history[-1]["train_loss"]}
+    # predictions come back sorted by manifest position; store them in test_indices order.
+    order = np.searchsorted(positions, data.test_indices)
+    return FitOutcome(
+        metrics=metrics,
+        per_class=scores["per_class"],
+        confusion_matrix=scores["confusion_matrix"],
+        history=history,
+        params=params,
+        trainable_params=trainable,
+        gflops=gflops,
+        train_s=train_s,
+        train_img_s=trained_images / train_s if train_s else 0.0,
+        eval_img_s=len(data.test_indices) * s.epochs / eval_s if eval_s else 0.0,
+        data_wait_s=wait_s,
+        n_train=len(data.train_indices),
+        n_test=len(positions),
+        predictions=predictions[order],
+        precision=accelerator.mixed_precision,
+        channels_last=bool(channels_last),
+        environment=environment(accelerator),
+    )
+
+
+def environment(accelerator: Accelerator) -> dict[str, Any]:
+    """Versions, device and process count, so a result says where it came from."""
+    import accelerate
+    import datasets
+
+    import pieceboard
+
+    device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {
+        "pieceboard": pieceboard.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "accelerate": accelerate.__version__,
+        "datasets": datasets.__version__,
+        "device": device.type,
+        "device_name": name,
+        "processes": accelerator.num_processes,
+        "precision": accelerator.mixed_precision,
+        "threads": torch.get_num_threads(),
+        "cpu_bf16": cpu_has_bf16(),
+    }

@@ -1,0 +1,232 @@
+"""Tests for pieceboard.metrics: every figure is checked against scikit-learn or by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from pieceboard.metrics import ClassificationMetrics, classification_metrics, mean_ci
+
+NUM_CLASSES = 5
+_RNG = np.random.default_rng(0)
+_REFS = _RNG.integers(0, NUM_CLASSES, size=200)
+# Roughly 60% correct, so every cell of the confusion matrix is exercised.
+_PREDS = np.where(_RNG.random(200) < 0.6, _REFS, _RNG.integers(0, NUM_CLASSES, size=200))
+
+CASES = {
+    "random": (_PREDS, _REFS),
+    # Class 3 never predicted: its precision is 0/0 and must count as 0 in the macro average.
+    "never_predicted": (np.where(_PREDS == 3, 0, _PREDS), _REFS),
+    # Class 4 absent from the references: recall is 0/0, support 0, and the class must still be listed.
+    "never_in_references": (_PREDS, np.where(_REFS == 4, 1, _REFS)),
+    # Class 2 in neither: scikit-learn would drop it without labels=range(num_classes).
+    "absent_everywhere": (np.where(_PREDS == 2, 0, _PREDS), np.where(_REFS == 2, 1, _REFS)),
+}
+
+
+def _assert_matches_sklearn(result: dict, predictions: np.ndarray, references: np.ndarray, num_classes: int) -> None:
+    labels = list(range(num_classes))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        references, predictions, labels=labels, average=None, zero_division=0
+    )
+    macro = precision_recall_fscore_support(references, predictions, labels=labels, average="macro", zero_division=0)
+
+    assert result["accuracy"] == pytest.approx(accuracy_score(references, predictions))
+    assert result["precision_macro"] == pytest.approx(macro[0])
+    assert result["recall_macro"] == pytest.approx(macro[1])
+    assert result["f1_macro"] == pytest.approx(macro[2])
+    assert [row["precision"] for row in result["per_class"]] == pytest.approx(precision.tolist())
+    assert [row["recall"] for row in result["per_class"]] == pytest.approx(recall.tolist())
+    assert [row["f1"] for row in result["per_class"]] == pytest.approx(f1.tolist())
+    assert [row["support"] for row in result["per_class"]] == support.tolist()
+    assert result["confusion_matrix"] == confusion_matrix(references, predictions, labels=labels).tolist()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_sklearn(case: str) -> None:
+    predictions, references = CASES[case]
+    result = classification_metrics(predictions, references, num_classes=NUM_CLASSES)
+
+    _assert_matches_sklearn(result, predictions, references, NUM_CLASSES)
+    assert len(result["per_class"]) == NUM_CLASSES
+    assert [row["label"] for row in result["per_class"]] == [str(i) for i in range(NUM_CLASSES)]
+
+
+def test_absent_classes_score_zero() -> None:
+    predictions, references = CASES["absent_everywhere"]
+    result = classification_metrics(predictions, references, num_classes=NUM_CLASSES)
+
+    assert result["per_class"][2] == {"label": "2", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert result["confusion_matrix"][2] == [0] * NUM_CLASSES
+    assert [row[2] for row in result["confusion_matrix"]] == [0] * NUM_CLASSES
+
+
+def test_hand_checked_tiny_case() -> None:
+    # refs  0 0 1 1, preds 0 1 1 1, and class 2 in neither.
+    result = classification_metrics([0, 1, 1, 1], [0, 0, 1, 1], num_classes=3, class_names=["cat", "dog", "fox"])
+
+    # class 0: tp 1, fp 0, fn 1 -> P 1, R 1/2, F1 2/3; class 1: tp 2, fp 1, fn 0 -> P 2/3, R 1, F1 4/5; class 2: zeros.
+    assert result["accuracy"] == pytest.approx(3 / 4)
+    assert result["precision_macro"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert result["recall_macro"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+    assert result["f1_macro"] == pytest.approx((2 / 3 + 4 / 5 + 0) / 3)
+    rows = result["per_class"]
+    assert [row["label"] for row in rows] == ["cat", "dog", "fox"]
+    assert [row["precision"] for row in rows] == pytest.approx([1.0, 2 / 3, 0.0])
+    assert [row["recall"] for row in rows] == pytest.approx([0.5, 1.0, 0.0])
+    assert [row["f1"] for row in rows] == pytest.approx([2 / 3, 0.8, 0.0])
+    assert [row["support"] for row in rows] == [2, 2, 0]
+    assert result["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]
+
+
+def test_output_is_plain_json() -> None:
+    predictions, references = CASES["never_predicted"]
+    result = classification_metrics(predictions, references, num_classes=NUM_CLASSES, class_names=list("abcde"))
+
+    assert json.loads(json.dumps(result)) == result
+    for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro"):
+        assert type(result[key]) is float
+    for row in result["per_class"]:
+        assert type(row["label"]) is str and type(row["support"]) is int
+        assert all(type(row[key]) is float for key in ("precision", "recall", "f1"))
+    assert all(type(cell) is int for row in result["confusion_matrix"] for cell in row)
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        pytest.param(lambda a: a.tolist(), id="list"),
+        pytest.param(lambda a: a, id="numpy-int64"),
+        pytest.param(lambda a: a.astype(np.int32), id="numpy-int32"),
+        pytest.param(torch.from_numpy, id="torch"),
+    ],
+)
+def test_input_types(convert) -> None:
+    predictions, references = CASES["random"]
+    result = classification_metrics(convert(predictions), convert(references), num_classes=NUM_CLASSES)
+    _assert_matches_sklearn(result, predictions, references, NUM_CLASSES)
+
+
+def test_metric_class_accumulates_batches() -> None:
+    predictions, references = CASES["never_in_references"]
+    metric = ClassificationMetrics()
+    for start in range(0, len(predictions), 64):
+        metric.add_batch(predictions=predictions[start : start + 64], references=references[start : start + 64])
+    result = metric.compute(num_classes=NUM_CLASSES)
+
+    _assert_matches_sklearn(result, predictions, references, NUM_CLASSES)
+    # The metric is reusable once compute has emptied it.
+    again = metric.compute(predictions=predictions, references=references, num_classes=NUM_CLASSES)
+    assert again == result
+
+
+def test_metric_writes_no_cache_files(tmp_path) -> None:
+    cache_dir = tmp_path / "cache"
+    metric = ClassificationMetrics(cache_dir=str(cache_dir))
+    metric.compute(predictions=[0, 1], references=[1, 1], num_classes=2)
+
+    assert metric.keep_in_memory
+    assert not cache_dir.exists()
+
+
+def test_works_offline_in_process(monkeypatch) -> None:
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    result = classification_metrics([0, 1, 1], [0, 1, 0], num_classes=2)
+    assert result["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_works_offline_in_fresh_interpreter(tmp_path) -> None:
+    # evaluate and datasets read the offline switches at import, so the in-process test alone cannot prove them.
+    hf_home = tmp_path / "hf_home"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_EVALUATE_OFFLINE": "1",
+        "HF_HOME": str(hf_home),
+    }
+    env.pop("HF_METRICS_CACHE", None)
+    script = textwrap.dedent(
+        """
+        import json
+        from pieceboard.metrics import classification_metrics
+        print(json.dumps(classification_metrics([0, 1, 1, 2], [0, 1, 0, 2], num_classes=3)))
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["accuracy"] == pytest.approx(0.75)
+    assert not (hf_home / "metrics").exists()
+
+
+@pytest.mark.parametrize(
+    ("predictions", "references", "kwargs", "message"),
+    [
+        ([0, 3], [0, 1], {}, r"predictions must lie in \[0, 3\)"),
+        ([0, 1], [-1, 1], {}, r"references must lie in \[0, 3\)"),
+        ([0, 1, 2], [0, 1], {}, "differ in shape"),
+        ([], [], {}, "no predictions"),
+        ([[0.1, 0.9]], [1], {}, "1-D"),
+        ([0.0, 1.0], [0, 1], {}, "integer class indices"),
+        ([0, 1], [0, 1], {"class_names": ["a", "b"]}, "class_names has 2 names"),
+    ],
+)
+def test_invalid_inputs(predictions, references, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        classification_metrics(predictions, references, num_classes=3, **kwargs)
+
+
+def test_metric_class_rejects_out_of_range_labels() -> None:
+    with pytest.raises(ValueError, match="must lie in"):
+        ClassificationMetrics().compute(predictions=[0, 5], references=[0, 1], num_classes=2)
+
+
+@pytest.mark.parametrize("confidence", [0.9, 0.95, 0.99])
+def test_mean_ci_matches_scipy(confidence: float) -> None:
+    values = [0.81, 0.79, 0.84, 0.80, 0.83]
+    mean, low, high = mean_ci(values, confidence=confidence)
+
+    expected_low, expected_high = stats.t.interval(
+        confidence, df=len(values) - 1, loc=np.mean(values), scale=stats.sem(values)
+    )
+    assert mean == pytest.approx(np.mean(values))
+    assert (low, high) == pytest.approx((expected_low, expected_high))
+    assert all(type(x) is float for x in (mean, low, high))
+
+
+def test_mean_ci_hand_checked() -> None:
+    # mean 3, sample sd sqrt(2.5), sem 1/sqrt(2), t(0.975, df=4) = 2.7764451...
+    mean, low, high = mean_ci([1, 2, 3, 4, 5])
+    half_width = 2.7764451051977987 / math.sqrt(2)
+    assert (mean, low, high) == pytest.approx((3.0, 3.0 - half_width, 3.0 + half_width))
+
+
+def test_mean_ci_single_value_has_nan_bounds() -> None:
+    mean, low, high = mean_ci([0.7])
+    assert mean == 0.7
+    assert math.isnan(low) and math.isnan(high)
+
+
+def test_mean_ci_identical_values_zero_width() -> None:
+    assert mean_ci([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize(("values", "confidence"), [([], 0.95), ([1.0, 2.0], 0.0), ([1.0, 2.0], 1.0)])
+def test_mean_ci_rejects_bad_input(values, confidence) -> None:
+    with pytest.raises(ValueError):
+        mean_ci(values, confidence=confidence)
