@@ -1,0 +1,154 @@
+"""End to end: benchmark file -> runs -> result files -> leaderboard, through the real command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+import pieceboard
+from conftest import write_benchmark
+from pieceboard.leaderboard import Leaderboard
+
+BODY = """
+[defaults]
+epochs = 2
+batch_size = 8
+lr = 0.003
+log_every = 2
+
+[[runs]]
+name = "mlp"
+model = "pieceboard_mlp"
+mode = "scratch"
+
+[matrix]
+image_size = [8, 12]
+"""
+
+
+def _cli(*args, cwd):
+    env = os.environ | {"PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _recompute(predictions_csv, class_names):
+    with open(predictions_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    y, p = [r["label"] for r in rows], [r["prediction"] for r in rows]
+    kw = {"labels": class_names, "average": "macro", "zero_division": 0}
+    return rows, {
+        "accuracy": accuracy_score(y, p),
+        "precision_macro": precision_score(y, p, **kw),
+        "recall_macro": recall_score(y, p, **kw),
+        "f1_macro": f1_score(y, p, **kw),
+    }
+
+
+def test_bench_end_to_end_and_figures_rederive(tmp_path, image_folder):
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
+    out = tmp_path / "out"
+    proc = _cli("-m", "pieceboard.bench", str(bench), "--output", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mlp@8px" in proc.stdout and "mlp@12px" in proc.stdout
+    for name in ("manifest.csv", "leaderboard.json", "leaderboard.csv", "leaderboard.md"):
+        assert (out / name).is_file()
+    with open(out / "manifest.csv", newline="") as f:
+        manifest = list(csv.DictReader(f))
+    test_paths = sorted(r["path"] for r in manifest if r["split"] == "test")
+    class_names = sorted({r["label"] for r in manifest})
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert [row["status"] for row in board] == ["completed", "completed"]
+    for row in board:
+        result = json.loads((out / "runs" / row["id"] / "result.json").read_text())
+        assert result["status"] == "completed" and result["error"] is None
+        assert result["n_test"] == len(test_paths) == 9
+        assert len(result["history"]) == 2 and result["history"][-1]["epoch"] == 2
+        assert result["config"]["image_size"] == row["image_size"]
+        assert result["train_img_s"] > 0 and result["eval_img_s"] > 0 and result["params"] > 0
+        assert result["environment"]["processes"] == 1
+        rows, figures = _recompute(out / "runs" / row["id"] / "predictions.csv", class_names)
+        assert sorted(r["path"] for r in rows) == test_paths
+        for key, value in figures.items():
+            assert row[key] == pytest.approx(value, abs=1e-12), key
+            assert result["metrics"][key] == pytest.approx(value, abs=1e-12), key
+        cm = np.array(result["confusion_matrix"])
+        assert cm.sum() == 9 and np.trace(cm) == round(figures["accuracy"] * 9)
+
+
+def test_failed_run_does_not_stop_the_others_and_rerun_keeps_finished_ones(tmp_path, image_folder):
+    body = BODY.replace("[matrix]\nimage_size = [8, 12]", "") + (
+        '\n[[runs]]\nname = "diverges"\nmodel = "pieceboard_mlp"\nmode = "scratch"\nlr = 1e30\n'
+    )
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, body)
+    out = tmp_path / "out"
+    proc = _cli("-m", "pieceboard.bench", str(bench), "--output", str(out), "--set", "defaults.image_size=8",
+                cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    results = {r.id: r for r in pieceboard.load_results(out)}
+    assert results["mlp"].status == "completed"
+    assert results["diverges"].status == "failed" and "NonFiniteLoss" in results["diverges"].error
+    board = Leaderboard.from_dir(out)
+    assert [r["id"] for r in board.rows] == ["mlp", "diverges"] and board.rows[1]["rank"] is None
+    assert "failed: NonFiniteLoss" in board.to_markdown()
+
+    stamp = (out / "runs" / "mlp" / "result.json").stat().st_mtime_ns
+    proc = _cli("-m", "pieceboard.bench", str(bench), "--output", str(out), "--set", "defaults.image_size=8",
+                cwd=tmp_path)  # fmt: skip
+    assert "kept mlp" in proc.stdout
+    assert (out / "runs" / "mlp" / "result.json").stat().st_mtime_ns == stamp  # not trained again
+    # a changed setting is a different experiment: the cell runs again
+    proc = _cli("-m", "pieceboard.bench", str(bench), "--output", str(out), "--set", "defaults.image_size=8",
+                "--set", "runs.mlp.epochs=1", cwd=tmp_path)  # fmt: skip
+    assert (out / "runs" / "mlp" / "result.json").stat().st_mtime_ns != stamp
+    assert len(json.loads((out / "runs" / "mlp" / "result.json").read_text())["history"]) == 1
+
+
+def test_leaderboard_command_renders_stored_results(tmp_path, image_folder):
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
+    out = tmp_path / "out"
+    pieceboard.run(bench, output=out)
+    rows = json.loads(_cli("-m", "pieceboard.cli", "leaderboard", str(out), "--format", "json", cwd=tmp_path).stdout)
+    assert [r["rank"] for r in rows] == [1, 2]
+    assert rows == json.loads((out / "leaderboard.json").read_text())
+    md = _cli("-m", "pieceboard.cli", "leaderboard", str(out), "--format", "md", cwd=tmp_path).stdout
+    assert md.splitlines()[0].startswith("| # | run | model |") and "mlp@8px" in md
+    table = _cli("-m", "pieceboard.cli", "leaderboard", str(out), cwd=tmp_path)
+    assert table.returncode == 0 and "mlp@12px" in table.stdout and "train img/s" in table.stdout
+    csv_rows = list(csv.DictReader(_cli("-m", "pieceboard.cli", "leaderboard", str(out), "--format", "csv",
+                                        cwd=tmp_path).stdout.splitlines()))  # fmt: skip
+    assert float(csv_rows[0]["f1_macro"]) == pytest.approx(rows[0]["f1_macro"])
+    missing = _cli("-m", "pieceboard.cli", "leaderboard", str(tmp_path / "nope"), cwd=tmp_path)
+    assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_library_api_is_deterministic(tmp_path, image_folder):
+    config = {
+        "benchmark": {"name": "api", "wandb": "off"},
+        "data": {"path": str(image_folder)},
+        "defaults": {"epochs": 2, "batch_size": 8, "image_size": 8, "precision": "no", "augment": ["hflip", "crop"]},
+        "runs": [{"name": "mlp", "model": "pieceboard_mlp", "mode": "scratch"}],
+    }
+    first = pieceboard.run(config, output=tmp_path / "a")
+    second = pieceboard.run(config, output=tmp_path / "b")
+    assert first[0].status == "completed"
+    assert [h["train_loss"] for h in first[0].history] == [h["train_loss"] for h in second[0].history]
+    assert first[0].metrics == second[0].metrics
+
+
+def test_missing_pretrained_weights_stop_before_training(tmp_path, image_folder, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    body = '[[runs]]\nname = "r18"\nmodel = "resnet18"\nmode = "finetune"\n'
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, body)
+    proc = _cli("-m", "pieceboard.bench", str(bench), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "resnet18" in proc.stderr and "pieceboard prefetch" in proc.stderr and "weights =" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "runs").exists()
