@@ -185,7 +185,13 @@ def test_shards_cover_the_split_exactly_once(world, n):
     assert len({len(t) for t in train}) == 1  # every process takes the same number of steps
     flat = np.concatenate([b for t in train for b in t]) if train[0] else np.array([], dtype=int)
     assert len(set(flat.tolist())) == len(flat)  # no image twice
-    assert len(flat) >= n - (world - 1)  # at most a last batch smaller than the world is dropped
+    assert len(flat) >= n - (2 * world - 1)  # at most a last batch under 2 images per process is dropped
+
+
+def test_training_drops_only_a_single_image_tail():
+    assert [len(b) for b in _loader(np.arange(17), batch_size=8).batches()] == [8, 8]
+    assert [len(b) for b in _loader(np.arange(18), batch_size=8).batches()] == [8, 8, 2]
+    assert [len(b) for b in _loader(np.arange(17), batch_size=8, shuffle=False).batches()] == [8, 8, 1]
 
 
 def test_to_float_normalises_and_augment_is_seeded():

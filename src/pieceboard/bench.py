@@ -28,7 +28,7 @@ from pieceboard.leaderboard import Leaderboard
 from pieceboard.models import resolve_weights
 from pieceboard.results import RunResult, finished, save_result
 from pieceboard.tracking import Tracker, resolve_mode
-from pieceboard.train import RunData, device_type, fit, make_accelerator, resolve_precision
+from pieceboard.train import NonFiniteLoss, RunData, device_type, fit, make_accelerator, resolve_precision
 
 
 class Display:
@@ -113,11 +113,17 @@ def wide_console(stderr: bool = False) -> Console:
     return console if console.is_terminal else Console(stderr=stderr, width=240)
 
 
-def _preflight(config: Config) -> tuple[dict[str, str | None], dict[str, str]]:
-    """Everything that can be wrong before training: weights and precision for every cell."""
+def _preflight(config: Config, processes: int) -> tuple[dict[str, str | None], dict[str, str]]:
+    """Everything that can be wrong before training: batch split, weights and precision for every cell."""
     weights, precisions = {}, {}
     device = device_type()
     for cell in config.cells:
+        if cell.settings.batch_size % processes:
+            raise PieceboardError(
+                f"{config.path or '<config>'}: [[runs]] '{cell.run}': batch_size {cell.settings.batch_size} is the "
+                f"global batch and must divide evenly over the {processes} processes (e.g. "
+                f"{processes * max(1, cell.settings.batch_size // processes)})"
+            )
         try:
             weights[cell.id] = resolve_weights(cell.model, cell.mode, cell.weights)
             precisions[cell.id] = resolve_precision(cell.settings.precision, device)
@@ -152,10 +158,11 @@ def run(
     """
     config = load_config(source, overrides)
     output = Path(output) if output else config.output
-    state = PartialState()
+    # cpu=True is what makes torchrun on a machine without GPUs (or with ACCELERATE_USE_CPU=1) start gloo.
+    state = PartialState(cpu=device_type() == "cpu")
     main = state.is_main_process
     console = console or wide_console()
-    weights, precisions = _preflight(config)
+    weights, precisions = _preflight(config, state.num_processes)
     tracker = Tracker(resolve_mode(config.benchmark.wandb), config.benchmark.wandb_project or config.benchmark.name,
                       output, active=main)  # fmt: skip
     results: list[RunResult] = []
@@ -188,7 +195,7 @@ def run(
                 display.start_run(cell)
                 result, predictions = _run_cell(
                     cell, stored_config, caches[size], weights[cell.id], precisions[cell.id], tracker, display,
-                    config.benchmark.name,
+                    config.benchmark.name, output,
                 )  # fmt: skip
                 if main:
                     save_result(output, result, _prediction_rows(manifest, caches[size], predictions))
@@ -216,6 +223,7 @@ def _run_cell(
     tracker: Tracker,
     display: Display,
     group: str,
+    output: Path,
 ) -> tuple[RunResult, np.ndarray | None]:
     """Fit one cell; an exception becomes a failed result so that the matrix goes on."""
     accelerator = make_accelerator(precision)
@@ -229,11 +237,15 @@ def _run_cell(
         outcome = fit(cell, data, accelerator, weights_file=weights_file, log=log)
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}".strip()
-        if accelerator.is_main_process:
-            display.note(f"[dim]{traceback.format_exc(limit=-3)}[/dim]")
+        display.note(f"[dim]{traceback.format_exc(limit=-3)}[/dim]")
         tracker.finish(failed=True)
         failed = RunResult(id=cell.id, status="failed", config=stored_config, error=message, cache_s=data.cache_s,
                            precision=precision)  # fmt: skip
+        if accelerator.num_processes > 1 and not isinstance(exc, NonFiniteLoss):
+            # Only a divergence is detected by all processes at once. Any other error hit this process alone
+            # while the others wait in a collective: record it, then end the job (torchrun stops the rest).
+            save_result(output, failed)
+            raise
         return failed, None
     finally:
         accelerator.free_memory()
@@ -294,13 +306,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def print_error(exc: BaseException) -> None:
+    """One plain line on stderr (no markup: `[defaults]` in a message is text, not a style)."""
+    Console(stderr=True).print(f"pieceboard: error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m pieceboard.bench`; returns the exit code."""
     args = parse_args(argv)
     try:
         results = run(args.file, output=args.output, overrides=args.overrides)
     except PieceboardError as exc:
-        Console(stderr=True).print(f"[red]pieceboard: error:[/red] {exc}", highlight=False, soft_wrap=True)
+        print_error(exc)
         return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("pieceboard: interrupted; finished runs are kept, a rerun does the rest")

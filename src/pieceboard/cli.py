@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except PieceboardError as exc:
-        Console(stderr=True).print(f"[red]pieceboard: error:[/red] {exc}", highlight=False, soft_wrap=True)
+        from pieceboard.bench import print_error
+
+        print_error(exc)
         return 2
 
 

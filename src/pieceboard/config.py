@@ -10,6 +10,7 @@ it into one line on stderr and exit code 2, before anything trains.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import itertools
 import re
@@ -38,7 +39,8 @@ class ConfigError(PieceboardError):
 
 
 class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False, validate_default=True)
+    # strict: `batch_size = true` or `epochs = "10"` is a mistake to report, not a value to coerce.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
 
 
 class BenchmarkTable(_Table):
@@ -158,7 +160,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
         ConfigError: Naming the file, table and key of the first problems found.
     """
     if isinstance(source, dict):
-        path, raw = None, source
+        path, raw = None, copy.deepcopy(source)  # overrides must not leak into the caller's dict
     else:
         path = Path(source)
         raw = _read_toml(path)
@@ -170,6 +172,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
     except ValidationError as exc:
         raise ConfigError("\n".join(_describe(err, raw, where) for err in exc.errors())) from None
     config = Config(path, parsed.benchmark, parsed.data, parsed.defaults, parsed.runs, parsed.matrix)
+    _check_axes(config.matrix, where)
     _check_runs(config, where)
     config.cells = expand(config, where)
     return config
@@ -211,9 +214,11 @@ def _apply_override(raw: dict[str, Any], item: str, where: str) -> None:
 
 
 def _find_run(runs: list[Any], part: str, item: str, where: str) -> dict[str, Any]:
-    for index, run in enumerate(runs):
-        if isinstance(run, dict) and (run.get("name") == part or str(index) == part):
+    for run in runs:  # a name wins over a position
+        if isinstance(run, dict) and run.get("name") == part:
             return run
+    if part.isdigit() and int(part) < len(runs) and isinstance(runs[int(part)], dict):
+        return runs[int(part)]
     names = [r.get("name") for r in runs if isinstance(r, dict)]
     raise ConfigError(f"--set {item!r}: {where} has no run named {part!r} (runs: {', '.join(map(str, names))})")
 
@@ -240,8 +245,12 @@ def _describe(err: dict[str, Any], raw: dict[str, Any], where: str) -> str:
             return f"{where}: unknown table [{err['loc'][-1]}]" + (f"; did you mean [{hint[0]}]?" if hint else "")
         suffix = f"; did you mean '{hint[0]}'?" if hint else f"; valid keys: {', '.join(valid)}"
         return f"{where}: {table}: unknown key '{key}'{suffix}"
+    if err["type"] == "missing" and not rest:
+        return f"{where}: {'[[runs]]' if err['loc'][0] == 'runs' else table}: missing table; the file needs one"
     if err["type"] == "missing":
         return f"{where}: {table}: missing required key '{key}'"
+    if tuple(err["loc"]) == ("runs",):
+        return f"{where}: [[runs]]: {err['msg'].lower()}; add at least one [[runs]] table"
     got = f" (got {err['input']!r})" if not isinstance(err.get("input"), dict | list) else ""
     return f"{where}: {table}: key '{key}': {err['msg'].lower()}{got}"
 
@@ -265,7 +274,7 @@ def _check_runs(config: Config, where: str) -> None:
     seen: set[str] = set()
     for run in config.runs:
         table = f"{where}: [[runs]] '{run.name}'"
-        if not SAFE_NAME.match(run.name):
+        if not SAFE_NAME.fullmatch(run.name):
             raise ConfigError(
                 f"{table}: key 'name': must be one safe path component (letters, digits, . _ + -; no '/', '@' or "
                 "spaces), since it names the run's result folder"
@@ -296,6 +305,18 @@ def _axis_label(key: str, value: Any) -> str:
     return f"{key}{value}"
 
 
+def _check_axes(matrix: dict[str, list[Any]], where: str) -> None:
+    for axis, values in matrix.items():
+        if axis not in SETTING_KEYS:
+            hint = difflib.get_close_matches(axis, SETTING_KEYS, n=1)
+            extra = f"; did you mean '{hint[0]}'?" if hint else f"; axes can be: {', '.join(SETTING_KEYS)}"
+            if axis in ("model", "mode", "weights", "name"):
+                extra = f"; '{axis}' belongs to each [[runs]] table (add one run per {axis})"
+            raise ConfigError(f"{where}: [matrix]: unknown axis '{axis}'{extra}")
+        if not values:
+            raise ConfigError(f"{where}: [matrix]: axis '{axis}' has no values")
+
+
 def expand(config: Config, where: str = "<config>") -> list[Cell]:
     """Cross every run with the `[matrix]` axes into cells with readable ids.
 
@@ -306,14 +327,7 @@ def expand(config: Config, where: str = "<config>") -> list[Cell]:
     Returns:
         One cell per run and combination of axis values, in file order.
     """
-    for axis, values in config.matrix.items():
-        if axis not in SETTING_KEYS:
-            hint = difflib.get_close_matches(axis, SETTING_KEYS, n=1)
-            raise ConfigError(
-                f"{where}: [matrix]: unknown axis '{axis}'" + (f"; did you mean '{hint[0]}'?" if hint else "")
-            )
-        if not values:
-            raise ConfigError(f"{where}: [matrix]: axis '{axis}' has no values")
+    _check_axes(config.matrix, where)
     cells = []
     base = config.defaults.model_dump()
     axes = list(config.matrix)
@@ -326,9 +340,9 @@ def expand(config: Config, where: str = "<config>") -> list[Cell]:
             except ValidationError as exc:
                 first = exc.errors()[0]
                 key = ".".join(map(str, first["loc"]))
+                table = "[matrix]" if first["loc"][0] in axes else f"[[runs]] '{run.name}'"
                 raise ConfigError(
-                    f"{where}: [matrix] / [[runs]] '{run.name}': key '{key}': {first['msg'].lower()} "
-                    f"(got {first.get('input')!r})"
+                    f"{where}: {table}: key '{key}': {first['msg'].lower()} (got {first.get('input')!r})"
                 ) from None
             labels = [_axis_label(a, v) for a, v in zip(axes, combo, strict=True)]
             cell_id = run.name + ("@" + "-".join(labels) if labels else "")

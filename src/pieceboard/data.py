@@ -363,8 +363,10 @@ class BatchLoader:
 
     `batch_size` is the global batch: each step takes the next `batch_size` images of the epoch's order and
     process `rank` of `world` gets its contiguous share (shares differ by at most one image). Every process
-    computes the same order from `seed + epoch`, so no communication is needed. A final training batch with fewer
-    images than processes is dropped (a process with no images would stall the others); evaluation never drops.
+    computes the same order from `seed + epoch`, so no communication is needed. A final training batch that would
+    give a process fewer than 2 images is dropped (BatchNorm cannot train on one image, and a process with none
+    would stall the others); the epoch's reshuffle means a different few images sit out each epoch. Evaluation
+    never drops an image.
 
     Yields `(images, labels, indices)`: uint8 NCHW images on `device` (a view of NHWC memory, i.e. channels_last),
     int64 labels and the manifest positions of the images.
@@ -407,7 +409,7 @@ class BatchLoader:
         steps = []
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            if self.shuffle and len(batch) < self.world:
+            if self.shuffle and len(batch) < 2 * self.world:
                 break
             steps.append(np.array_split(batch, self.world)[self.rank])
         return steps

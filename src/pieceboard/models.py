@@ -68,7 +68,7 @@ class PieceboardMLP(nn.Module):
 default_cfgs = {
     MLP_NAME: {
         "url": "",
-        "num_classes": 0,  # no published head: any weights file's classifier is dropped and re-initialised
+        "num_classes": 1000,  # timm's convention; a weights file's head of another size is dropped
         "input_size": (3, 50, 50),
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
@@ -186,9 +186,9 @@ def set_train_mode(model: nn.Module) -> None:
     """`model.train()`, except that norm layers with no trainable parameters keep their frozen statistics."""
     model.train()
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
-            p.requires_grad for p in module.parameters()
-        ):
+        params = list(module.parameters(recurse=False))
+        # Frozen = has parameters and none trains (an affine-free BatchNorm has none, and still trains its stats).
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
             module.eval()
 
 

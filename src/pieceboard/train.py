@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,10 @@ from pieceboard.models import build_model, count_parameters, is_convnet, normali
 # channels_last helps convnets once feature maps are large enough to amortise the layout (measured in
 # `pieceboard throughput`: a gain at 200 px on this kind of CPU, none at 50-64 px).
 CHANNELS_LAST_MIN_SIZE = 128
+
+# DDP warns once per run when a 1x1 convolution's gradient comes out in another stride order than its bucket;
+# it costs a copy, not correctness.
+warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
 
 @dataclass
@@ -122,7 +127,7 @@ def make_accelerator(precision: str) -> Accelerator:
     """An Accelerator for one run; each run may ask for its own precision."""
     # AcceleratorState fixes mixed precision for the process; reset it (keeping the process group) per run.
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=precision)
+    return Accelerator(mixed_precision=precision, cpu=device_type() == "cpu")
 
 
 def _scheduler(optimizer, cell: Cell, steps_per_epoch: int):

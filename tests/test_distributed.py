@@ -1,0 +1,118 @@
+"""Several real processes on the CPU (torchrun + gloo): exact evaluation and the same figures at any world size."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from conftest import make_image_folder, write_benchmark
+
+pytestmark = pytest.mark.distributed
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+def _torchrun(nproc: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [*TORCHRUN, "--nproc_per_node", str(nproc), *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_evaluation_scores_every_image_once(tmp_path, world):
+    script = Path(__file__).with_name("_distributed_eval.py")
+    proc = _torchrun(world, str(script), str(tmp_path / "report.json"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["world"] == world
+    for n in (1, 7, world * 4 + 1):
+        entry = report[str(n)]
+        assert entry["positions"] == list(range(5, 5 + n))
+        assert entry["predictions"] == entry["losses"] == n
+
+
+@pytest.mark.parametrize("world, per_class, batch", [(2, 14, 4), (3, 38, 6)])
+def test_benchmark_under_several_processes(tmp_path, world, per_class, batch):
+    # 2 classes: 7 test images for world 2 (odd, not a multiple of the batch), 19 = 3 x 6 + 1 for world 3.
+    folder = make_image_folder(tmp_path / "images", classes=2, per_class=per_class)
+    body = f"""
+[defaults]
+epochs = 2
+batch_size = {batch}
+image_size = 8
+log_every = 1
+
+[[runs]]
+name = "mlp"
+model = "pieceboard_mlp"
+mode = "scratch"
+
+[[runs]]
+name = "resnet18"
+model = "resnet18"
+mode = "scratch"
+"""
+    bench = write_benchmark(tmp_path / "b.toml", folder, body)
+    proc = _torchrun(world, "-m", "pieceboard.bench", str(bench), "--output", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done mlp") == 1  # only the main process talks
+    with open(tmp_path / "out" / "manifest.csv", newline="") as f:
+        test_paths = sorted(r["path"] for r in csv.DictReader(f) if r["split"] == "test")
+    assert len(test_paths) == {2: 7, 3: 19}[world]
+    for run in ("mlp", "resnet18"):
+        result = json.loads((tmp_path / "out" / "runs" / run / "result.json").read_text())
+        assert result["status"] == "completed"
+        assert result["environment"]["processes"] == world
+        assert result["n_test"] == len(test_paths)
+        with open(tmp_path / "out" / "runs" / run / "predictions.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert sorted(r["path"] for r in rows) == test_paths
+        y, p = [r["label"] for r in rows], [r["prediction"] for r in rows]
+        assert result["metrics"]["accuracy"] == pytest.approx(accuracy_score(y, p))
+        labels = sorted(set(y))
+        f1 = f1_score(y, p, labels=labels, average="macro", zero_division=0)
+        assert result["metrics"]["f1_macro"] == pytest.approx(f1)
+
+
+def test_two_processes_match_one_on_digits(tmp_path):
+    body = """
+[defaults]
+epochs = 2
+batch_size = 64
+image_size = 8
+precision = "no"
+
+[[runs]]
+name = "mlp"
+model = "pieceboard_mlp"
+mode = "scratch"
+"""
+    bench = write_benchmark(tmp_path / "b.toml", "builtin:digits", body)
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    single = subprocess.run([sys.executable, "-m", "pieceboard.bench", str(bench), "--output", "one"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = _torchrun(2, "-m", "pieceboard.bench", str(bench), "--output", "two", cwd=tmp_path)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "runs" / "mlp" / "result.json").read_text())
+    two = json.loads((tmp_path / "two" / "runs" / "mlp" / "result.json").read_text())
+    assert two["environment"]["processes"] == 2 and one["environment"]["processes"] == 1
+    assert one["n_test"] == two["n_test"] == 1348  # a quarter of 5,391
+    assert one["metrics"]["accuracy"] > 0.8
+    assert abs(one["metrics"]["accuracy"] - two["metrics"]["accuracy"]) <= 0.02
+
+
+def test_global_batch_must_split_evenly(tmp_path):
+    folder = make_image_folder(tmp_path / "images", classes=2, per_class=4)
+    body = '[defaults]\nbatch_size = 5\n\n[[runs]]\nname = "mlp"\nmodel = "pieceboard_mlp"\nmode = "scratch"\n'
+    bench = write_benchmark(tmp_path / "b.toml", folder, body)
+    proc = _torchrun(2, "-m", "pieceboard.bench", str(bench), "--output", "out", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "batch_size 5 is the global batch and must divide evenly over the 2 processes" in proc.stderr
+    assert "pieceboard/bench.py" not in proc.stderr  # torchrun reports the exit; pieceboard prints no traceback
