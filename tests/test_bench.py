@@ -88,8 +88,9 @@ def test_failed_run_does_not_stop_the_others_and_rerun_keeps_finished_ones(tmp_p
     )
     bench = write_benchmark(tmp_path / "b.toml", image_folder, body)
     out = tmp_path / "out"
-    proc = _cli("-m", "pieceboard.bench", str(bench), "--output", str(out), "--set", "defaults.image_size=8",
-                cwd=tmp_path)  # fmt: skip
+    proc = _cli(
+        "-m", "pieceboard.bench", str(bench), "--output", str(out), "--set", "defaults.image_size=8", cwd=tmp_path
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     results = {r.id: r for r in pieceboard.load_results(out)}
     assert results["mlp"].status == "completed"
@@ -99,13 +100,24 @@ def test_failed_run_does_not_stop_the_others_and_rerun_keeps_finished_ones(tmp_p
     assert "failed: NonFiniteLoss" in board.to_markdown()
 
     stamp = (out / "runs" / "mlp" / "result.json").stat().st_mtime_ns
-    proc = _cli("-m", "pieceboard.bench", str(bench), "--output", str(out), "--set", "defaults.image_size=8",
-                cwd=tmp_path)  # fmt: skip
+    proc = _cli(
+        "-m", "pieceboard.bench", str(bench), "--output", str(out), "--set", "defaults.image_size=8", cwd=tmp_path
+    )
     assert "kept mlp" in proc.stdout
     assert (out / "runs" / "mlp" / "result.json").stat().st_mtime_ns == stamp  # not trained again
     # a changed setting is a different experiment: the cell runs again
-    proc = _cli("-m", "pieceboard.bench", str(bench), "--output", str(out), "--set", "defaults.image_size=8",
-                "--set", "runs.mlp.epochs=1", cwd=tmp_path)  # fmt: skip
+    proc = _cli(
+        "-m",
+        "pieceboard.bench",
+        str(bench),
+        "--output",
+        str(out),
+        "--set",
+        "defaults.image_size=8",
+        "--set",
+        "runs.mlp.epochs=1",
+        cwd=tmp_path,
+    )
     assert (out / "runs" / "mlp" / "result.json").stat().st_mtime_ns != stamp
     assert len(json.loads((out / "runs" / "mlp" / "result.json").read_text())["history"]) == 1
 
@@ -121,8 +133,11 @@ def test_leaderboard_command_renders_stored_results(tmp_path, image_folder):
     assert md.splitlines()[0].startswith("| # | run | model |") and "mlp@8px" in md
     table = _cli("-m", "pieceboard.cli", "leaderboard", str(out), cwd=tmp_path)
     assert table.returncode == 0 and "mlp@12px" in table.stdout and "train img/s" in table.stdout
-    csv_rows = list(csv.DictReader(_cli("-m", "pieceboard.cli", "leaderboard", str(out), "--format", "csv",
-                                        cwd=tmp_path).stdout.splitlines()))  # fmt: skip
+    csv_rows = list(
+        csv.DictReader(
+            _cli("-m", "pieceboard.cli", "leaderboard", str(out), "--format", "csv", cwd=tmp_path).stdout.splitlines()
+        )
+    )
     assert float(csv_rows[0]["f1_macro"]) == pytest.approx(rows[0]["f1_macro"])
     missing = _cli("-m", "pieceboard.cli", "leaderboard", str(tmp_path / "nope"), cwd=tmp_path)
     assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr

@@ -95,8 +95,14 @@ mode = "scratch"
 """
     bench = write_benchmark(tmp_path / "b.toml", "builtin:digits", body)
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    single = subprocess.run([sys.executable, "-m", "pieceboard.bench", str(bench), "--output", "one"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    single = subprocess.run(
+        [sys.executable, "-m", "pieceboard.bench", str(bench), "--output", "one"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     double = _torchrun(2, "-m", "pieceboard.bench", str(bench), "--output", "two", cwd=tmp_path)
     assert double.returncode == 0, double.stderr[-3000:]

@@ -163,8 +163,12 @@ def run(
     main = state.is_main_process
     console = console or wide_console()
     weights, precisions = _preflight(config, state.num_processes)
-    tracker = Tracker(resolve_mode(config.benchmark.wandb), config.benchmark.wandb_project or config.benchmark.name,
-                      output, active=main)  # fmt: skip
+    tracker = Tracker(
+        resolve_mode(config.benchmark.wandb),
+        config.benchmark.wandb_project or config.benchmark.name,
+        output,
+        active=main,
+    )
     results: list[RunResult] = []
     caches: dict[int, RunData] = {}
     with Display(console, len(config.cells), main) as display:
@@ -189,14 +193,22 @@ def run(
                 if size not in caches:
                     started = time.perf_counter()
                     with state.main_process_first():
-                        pixels = build_cache(manifest.files(), size, cache_root(config.data),
-                                             progress=display.stage if main else None)  # fmt: skip
+                        pixels = build_cache(
+                            manifest.files(), size, cache_root(config.data), progress=display.stage if main else None
+                        )
                     caches[size] = _run_data(manifest, pixels, time.perf_counter() - started)
                 display.start_run(cell)
                 result, predictions = _run_cell(
-                    cell, stored_config, caches[size], weights[cell.id], precisions[cell.id], tracker, display,
-                    config.benchmark.name, output,
-                )  # fmt: skip
+                    cell,
+                    stored_config,
+                    caches[size],
+                    weights[cell.id],
+                    precisions[cell.id],
+                    tracker,
+                    display,
+                    config.benchmark.name,
+                    output,
+                )
                 if main:
                     save_result(output, result, _prediction_rows(manifest, caches[size], predictions))
                 state.wait_for_everyone()
@@ -239,8 +251,9 @@ def _run_cell(
         message = f"{type(exc).__name__}: {exc}".strip()
         display.note(f"[dim]{traceback.format_exc(limit=-3)}[/dim]")
         tracker.finish(failed=True)
-        failed = RunResult(id=cell.id, status="failed", config=stored_config, error=message, cache_s=data.cache_s,
-                           precision=precision)  # fmt: skip
+        failed = RunResult(
+            id=cell.id, status="failed", config=stored_config, error=message, cache_s=data.cache_s, precision=precision
+        )
         if accelerator.num_processes > 1 and not isinstance(exc, NonFiniteLoss):
             # Only a divergence is detected by all processes at once. Any other error hit this process alone
             # while the others wait in a collective: record it, then end the job (torchrun stops the rest).
@@ -300,9 +313,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("file", help="benchmark TOML file, e.g. benchmarks/demo.toml")
     parser.add_argument("--output", "-o", help="output folder (default: [benchmark] output or results/<name>)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a key of the file with a dotted key, e.g. --set defaults.epochs=3 (repeatable)",
-    )  # fmt: skip
+    )
     return parser.parse_args(argv)
 
 

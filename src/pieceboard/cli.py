@@ -11,8 +11,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
 from pieceboard.config import PieceboardError
 
 
@@ -55,6 +53,44 @@ def _prefetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_case(text: str) -> tuple[str, int]:
+    model, sep, size = text.rpartition("@")
+    if not sep or not size.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MODEL@SIZE, e.g. resnet18@64")
+    return model, int(size)
+
+
+def _throughput(args: argparse.Namespace) -> int:
+    from pieceboard import builtin
+    from pieceboard.bench import wide_console
+    from pieceboard.models import known_model
+    from pieceboard.throughput import DEFAULT_CASES, FULL_CASES, generate_folder, run_throughput, save_report, table
+
+    cases = args.case or (DEFAULT_CASES + (FULL_CASES if args.full else []))
+    for model, _ in cases:
+        if not known_model(model):
+            raise PieceboardError(f"--case: unknown model {model!r}")
+    if args.data:
+        folder = builtin.resolve(args.data)
+    else:
+        folder = generate_folder(builtin.cache_root() / "throughput" / f"mixed-{args.images}", images=args.images)
+    console = wide_console()
+    with console.status("measuring...") as status:
+
+        def show(result):
+            status.update(f"measured {result.model}@{result.image_size}px")
+            console.print(
+                f"{result.model}@{result.image_size}px: {result.train_img_s:.0f} img/s "
+                f"(ceiling {result.synthetic_img_s:.0f}, seed pipeline {result.baseline_img_s:.0f})"
+            )
+
+        report = run_throughput(cases, folder, args.batch_size, args.precision, args.seconds, on_case=show)
+    save_report(report, Path(args.output))
+    console.print(table(report))
+    console.print(f"written to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands."""
     parser = argparse.ArgumentParser(prog="pieceboard", description="Benchmark image classifiers on your images.")
@@ -69,6 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
     prefetch.add_argument("file")
     prefetch.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     prefetch.set_defaults(handler=_prefetch)
+    speed = sub.add_parser(
+        "throughput", help="data-path and model throughput against the ceiling and the seed pipeline"
+    )
+    speed.add_argument("--data", help="folder of class folders (default: a generated mixed-size PNG/JPEG set)")
+    speed.add_argument("--images", type=int, default=1200, help="size of the generated set (default 1200)")
+    speed.add_argument(
+        "--case",
+        action="append",
+        type=_parse_case,
+        metavar="MODEL@SIZE",
+        help="a case to measure, e.g. resnet18@64 (repeatable; default: the standard cases)",
+    )
+    speed.add_argument("--full", action="store_true", help="add the 200 px cases")
+    speed.add_argument("--batch-size", type=int, default=64)
+    speed.add_argument("--precision", choices=["auto", "no", "bf16", "fp16"], default="auto")
+    speed.add_argument("--seconds", type=float, default=4.0, help="timed seconds per measurement (default 4)")
+    speed.add_argument("--output", default="results/throughput.json", help="JSON report path")
+    speed.set_defaults(handler=_throughput)
     return parser
 
 

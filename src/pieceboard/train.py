@@ -148,6 +148,12 @@ def _scheduler(optimizer, cell: Cell, steps_per_epoch: int):
     return scheduler
 
 
+def fused_kwargs(device: torch.device) -> dict[str, bool]:
+    """Fused optimizer kernels where torch has them: on this kind of 2-core CPU, fused Adam made the MLP's whole
+    training step 2-4x faster than the default per-tensor loop (measured with `pieceboard throughput`)."""
+    return {"fused": True} if device.type in ("cpu", "cuda") else {}
+
+
 def _gflops(model: torch.nn.Module, image_size: int, device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -163,6 +169,38 @@ def _gflops(model: torch.nn.Module, image_size: int, device) -> float:
 def _sync(accelerator: Accelerator) -> None:
     if accelerator.device.type == "cuda":
         torch.cuda.synchronize(accelerator.device)
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    accelerator: Accelerator,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean_std: tuple,
+    augmentations: list[str] | tuple = (),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One optimizer step on a uint8 batch already on the device; returns the (undetached) loss.
+
+    `pieceboard throughput` times this same function against other input pipelines, so they compare like for like.
+    """
+    x = to_float(images, *mean_std)
+    if augmentations:
+        x = augment(x, list(augmentations), generator)
+    return optimizer_step(model, optimizer, accelerator, x, labels)
+
+
+def optimizer_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, accelerator: Accelerator, x: torch.Tensor, labels
+) -> torch.Tensor:
+    """Forward, loss, backward and update on a normalised float batch."""
+    with accelerator.autocast():
+        loss = F.cross_entropy(model(x), labels)
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    optimizer.step()
+    return loss
 
 
 def evaluate(
@@ -240,7 +278,9 @@ def fit(
     gflops = _gflops(model, s.image_size, accelerator.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = timm.optim.create_optimizer_v2(model, opt=s.optimizer, lr=s.lr, weight_decay=s.weight_decay)
+    optimizer = timm.optim.create_optimizer_v2(
+        model, opt=s.optimizer, lr=s.lr, weight_decay=s.weight_decay, **fused_kwargs(accelerator.device)
+    )
     shard = {"rank": accelerator.process_index, "world": accelerator.num_processes, "device": accelerator.device}
     train_loader = BatchLoader(
         data.pixels, data.labels, data.train_indices, s.batch_size, shuffle=True, seed=s.seed, **shard
@@ -265,14 +305,7 @@ def fit(
         waited_from = epoch_start
         for step, (images, labels, _) in enumerate(train_loader):
             wait_s += time.perf_counter() - waited_from
-            x = to_float(images, *mean_std)
-            if s.augment:
-                x = augment(x, s.augment, generator)
-            with accelerator.autocast():
-                loss = F.cross_entropy(model(x), labels)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
+            loss = train_step(model, optimizer, accelerator, images, labels, mean_std, s.augment, generator)
             update += 1
             if scheduler is not None:
                 scheduler.step_update(update)
@@ -285,8 +318,17 @@ def fit(
                 if not math.isfinite(value):
                     raise NonFiniteLoss(f"training loss became {value} at epoch {epoch + 1}, step {step + 1}")
                 lr = optimizer.param_groups[0]["lr"]
-                log({"event": "train", "epoch": epoch, "step": step, "steps": steps_per_epoch, "update": update,
-                     "train/loss": value, "train/lr": lr})  # fmt: skip
+                log(
+                    {
+                        "event": "train",
+                        "epoch": epoch,
+                        "step": step,
+                        "steps": steps_per_epoch,
+                        "update": update,
+                        "train/loss": value,
+                        "train/lr": lr,
+                    }
+                )
             waited_from = time.perf_counter()
         _sync(accelerator)
         epoch_train_s = time.perf_counter() - epoch_start

@@ -1,0 +1,312 @@
+"""`pieceboard throughput`: how fast pieceboard feeds a model, against the ceiling and the original pipeline.
+
+    pieceboard throughput                       # default cases on a generated mixed-size PNG/JPEG folder
+    pieceboard throughput --full --data DIR     # also 200 px, on your own folder
+
+For each case (model, image size, batch size, precision), in one process and with the same training step
+(`train.train_step` / `optimizer_step`):
+
+- `train_img_s`: pieceboard's loader (decode-once cache, whole batches, seeded order) feeding the step;
+- `synthetic_img_s`: the same step on one uint8 batch already on the device: the ceiling;
+- `baseline_img_s`: the original study's pipeline (torchvision ImageFolder, PIL Resize + ToTensor + Normalize,
+  DataLoader with shuffle), best of num_workers 0/1/2;
+- `eval_img_s` against `timm_eval_img_s`, a timm benchmark.py-style loop (no_grad forward on a device-resident
+  randn batch), and `cache_img_s`, decoding the folder into the cache from cold.
+
+Ratios: `pipeline_efficiency` = train / synthetic, `speedup_vs_baseline` = train / baseline, `eval_parity` =
+eval / timm eval, `stall_fraction` = time waiting for the next batch / training time.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pieceboard.data import BatchLoader, build_cache, channel_stats, scan_folder, to_float
+from pieceboard.models import build_model, is_convnet
+from pieceboard.train import (
+    CHANNELS_LAST_MIN_SIZE,
+    device_type,
+    environment,
+    fused_kwargs,
+    make_accelerator,
+    optimizer_step,
+    resolve_precision,
+    train_step,
+)
+
+DEFAULT_CASES = [("pieceboard_mlp", 50), ("resnet18", 64), ("mobilenetv3_large_100", 64)]
+FULL_CASES = [("pieceboard_mlp", 200), ("resnet18", 200), ("mobilenetv3_large_100", 200)]
+
+
+@dataclass
+class CaseResult:
+    """One row of the throughput table (and of the JSON)."""
+
+    model: str
+    image_size: int
+    batch_size: int
+    precision: str
+    channels_last: bool
+    train_img_s: float
+    synthetic_img_s: float
+    baseline_img_s: float
+    baseline_workers: int
+    pipeline_efficiency: float
+    speedup_vs_baseline: float
+    stall_fraction: float
+    eval_img_s: float
+    timm_eval_img_s: float
+    eval_parity: float
+    cache_img_s: float
+
+
+def generate_folder(root: Path, images: int = 1200, classes: int = 4, seed: int = 0) -> Path:
+    """A class-folder tree of mixed-size PNG and JPEG photos-like images (smooth noise), made once."""
+    from PIL import Image
+
+    marker = root / ".complete"
+    if marker.exists():
+        return root
+    rng = np.random.default_rng(seed)
+    for i in range(images):
+        folder = root / f"class_{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        h, w = (int(v) for v in rng.integers(96, 385, size=2))
+        coarse = rng.integers(0, 256, size=(max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC)
+        noise = rng.normal(0, 12, size=(h, w, 3))
+        image = Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype(np.uint8))
+        image.save(folder / (f"{i:05d}.png" if i % 2 else f"{i:05d}.jpg"), quality=90)
+    marker.write_text("")
+    return root
+
+
+def _timed(
+    steps: Iterator[Any],
+    step: Callable[[Any], torch.Tensor],
+    sync: Callable[[], None],
+    warmup: int,
+    seconds: float,
+    min_steps: int,
+) -> tuple[float, float, int]:
+    """Run warm-up steps, then time steps until both `seconds` and `min_steps` are reached.
+
+    Returns:
+        (images per second, seconds spent waiting for the next batch, seconds timed).
+    """
+    for _ in range(warmup):
+        step(next(steps))
+    sync()
+    images = done = 0
+    waited = 0.0
+    start = time.perf_counter()
+    while done < min_steps or time.perf_counter() - start < seconds:
+        before = time.perf_counter()
+        batch = next(steps)
+        waited += time.perf_counter() - before
+        loss = step(batch)
+        images += len(batch[1])
+        done += 1
+    loss.item()
+    sync()
+    elapsed = time.perf_counter() - start
+    return images / elapsed, waited, elapsed
+
+
+def _forever(loader: BatchLoader) -> Iterator[Any]:
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _forever_dataloader(loader) -> Iterator[Any]:
+    while True:
+        yield from loader
+
+
+def measure_case(
+    model_name: str,
+    image_size: int,
+    batch_size: int,
+    folder: Path,
+    precision: str = "auto",
+    seconds: float = 4.0,
+    warmup: int = 3,
+    min_steps: int = 8,
+    workers: tuple[int, ...] = (0, 1, 2),
+) -> CaseResult:
+    """Measure one case; see the module docstring for what each figure means."""
+    import torchvision
+    from torchvision import transforms
+
+    rel_paths, classes = scan_folder(folder)
+    names = sorted(set(classes))
+    labels = np.array([names.index(c) for c in classes], dtype=np.int64)
+    files = [folder / p for p in rel_paths]
+    with tempfile.TemporaryDirectory() as cold:
+        started = time.perf_counter()
+        pixels = build_cache(files, image_size, root=Path(cold))
+        cache_img_s = len(files) / (time.perf_counter() - started)
+        pixels = np.array(pixels)  # keep the pixels once the temporary cache folder goes
+    mean, std = channel_stats(pixels, np.arange(len(files)))
+
+    precision = resolve_precision(precision, device_type())
+    accelerator = make_accelerator(precision)
+    device = accelerator.device
+    torch.manual_seed(0)
+    model = build_model(model_name, "scratch", len(names), image_size, None).to(device)
+    channels_last = is_convnet(model) and image_size >= CHANNELS_LAST_MIN_SIZE
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, **fused_kwargs(device))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def uint8_step(batch):
+        return train_step(model, optimizer, accelerator, batch[0], batch[1], (mean, std))
+
+    # (b) the ceiling: one batch already on the device
+    resident = BatchLoader(pixels, labels, np.arange(batch_size), batch_size, shuffle=False, device=device)
+    fixed = next(iter(resident))
+    synthetic, _, _ = _timed(iter(lambda: fixed, None), uint8_step, sync, warmup, seconds, min_steps)
+
+    # (a) pieceboard's loader
+    loader = BatchLoader(pixels, labels, np.arange(len(files)), batch_size, shuffle=True, seed=0, device=device)
+    ours, waited, elapsed = _timed(_forever(loader), uint8_step, sync, warmup, seconds, min_steps)
+    stall = waited / elapsed
+
+    # (c) the original study's pipeline, best of several worker counts
+    tf = transforms.Compose(
+        [transforms.Resize((image_size, image_size)), transforms.ToTensor(), transforms.Normalize(mean, std)]
+    )
+    dataset = torchvision.datasets.ImageFolder(str(folder), transform=tf)
+
+    def float_step(batch):
+        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return optimizer_step(model, optimizer, accelerator, x, y)
+
+    baseline, best_workers = 0.0, 0
+    for n in workers:
+        dl = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=n,
+            persistent_workers=n > 0,
+            pin_memory=device.type == "cuda",
+        )
+        rate, _, _ = _timed(_forever_dataloader(dl), float_step, sync, warmup, seconds, min_steps)
+        del dl
+        if rate > baseline:
+            baseline, best_workers = rate, n
+
+    # (d) evaluation: pieceboard's loop against a timm benchmark.py-style inference loop
+    model.eval()
+    test = BatchLoader(pixels, labels, np.arange(len(files)), batch_size, shuffle=False, device=device)
+
+    def eval_step(batch):
+        with torch.no_grad(), accelerator.autocast():
+            return model(to_float(batch[0], mean, std)).float().sum()
+
+    ours_eval, _, _ = _timed(_forever(test), eval_step, sync, warmup, seconds, min_steps)
+    noise = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    if channels_last:
+        noise = noise.contiguous(memory_format=torch.channels_last)
+    timm_batch = (noise, torch.zeros(batch_size))
+
+    def timm_step(batch):
+        with torch.no_grad(), accelerator.autocast():
+            return model(batch[0]).float().sum()
+
+    timm_eval, _, _ = _timed(iter(lambda: timm_batch, None), timm_step, sync, warmup, seconds, min_steps)
+    accelerator.free_memory()
+    return CaseResult(
+        model=model_name,
+        image_size=image_size,
+        batch_size=batch_size,
+        precision=precision,
+        channels_last=bool(channels_last),
+        train_img_s=ours,
+        synthetic_img_s=synthetic,
+        baseline_img_s=baseline,
+        baseline_workers=best_workers,
+        pipeline_efficiency=ours / synthetic,
+        speedup_vs_baseline=ours / baseline,
+        stall_fraction=stall,
+        eval_img_s=ours_eval,
+        timm_eval_img_s=timm_eval,
+        eval_parity=ours_eval / timm_eval,
+        cache_img_s=cache_img_s,
+    )
+
+
+def run_throughput(
+    cases: list[tuple[str, int]],
+    folder: Path,
+    batch_size: int = 64,
+    precision: str = "auto",
+    seconds: float = 4.0,
+    on_case: Callable[[CaseResult], None] | None = None,
+) -> dict[str, Any]:
+    """Measure every case; returns the JSON-ready report (environment and one entry per case)."""
+    results = []
+    for model_name, size in cases:
+        result = measure_case(model_name, size, batch_size, folder, precision=precision, seconds=seconds)
+        results.append(result)
+        if on_case:
+            on_case(result)
+    return {
+        "folder": str(folder),
+        "images": len(scan_folder(folder)[0]),
+        "environment": environment(make_accelerator("no")),
+        "cases": [asdict(r) for r in results],
+    }
+
+
+def table(report: dict[str, Any]):
+    """The report as a rich table."""
+    from rich.table import Table
+
+    columns = [
+        ("model", "model", "{}"),
+        ("image_size", "px", "{}"),
+        ("precision", "precision", "{}"),
+        ("train_img_s", "pieceboard img/s", "{:.0f}"),
+        ("synthetic_img_s", "ceiling img/s", "{:.0f}"),
+        ("baseline_img_s", "seed pipeline img/s", "{:.0f}"),
+        ("pipeline_efficiency", "efficiency", "{:.2f}"),
+        ("speedup_vs_baseline", "speedup", "{:.2f}x"),
+        ("stall_fraction", "stall", "{:.1%}"),
+        ("eval_img_s", "eval img/s", "{:.0f}"),
+        ("eval_parity", "eval parity", "{:.2f}"),
+        ("cache_img_s", "cache img/s", "{:.0f}"),
+    ]
+    out = Table(title=f"throughput on {report['images']} images ({report['folder']})")
+    for _, header, _ in columns:
+        out.add_column(header, justify="right")
+    for case in report["cases"]:
+        out.add_row(*(spec.format(case[key]) for key, _, spec in columns))
+    return out
+
+
+def save_report(report: dict[str, Any], path: Path) -> None:
+    """Write the JSON report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")

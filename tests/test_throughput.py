@@ -1,0 +1,60 @@
+"""`pieceboard throughput`: the report's fields and ratios on a small generated folder (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pieceboard.data import scan_folder
+from pieceboard.throughput import generate_folder, measure_case
+
+FIELDS = {
+    "model", "image_size", "batch_size", "precision", "train_img_s", "synthetic_img_s", "baseline_img_s",
+    "pipeline_efficiency", "speedup_vs_baseline", "stall_fraction", "eval_img_s", "timm_eval_img_s", "eval_parity",
+    "cache_img_s",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return generate_folder(tmp_path_factory.mktemp("tp") / "mixed", images=24, classes=3)
+
+
+def test_generated_folder_is_mixed_and_made_once(folder):
+    paths, classes = scan_folder(folder)
+    assert len(paths) == 24 and sorted(set(classes)) == ["class_0", "class_1", "class_2"]
+    assert {p.rsplit(".", 1)[1] for p in paths} == {"png", "jpg"}
+    stamp = (folder / "class_0" / "00000.jpg").stat().st_mtime_ns
+    generate_folder(folder, images=24, classes=3)
+    assert (folder / "class_0" / "00000.jpg").stat().st_mtime_ns == stamp
+
+
+def test_measure_case_reports_consistent_ratios(folder):
+    r = measure_case("pieceboard_mlp", 16, 8, folder, precision="no", seconds=0.05, warmup=1, min_steps=2,
+                     workers=(0,))  # fmt: skip
+    assert r.precision == "no" and r.baseline_workers == 0 and not r.channels_last
+    for value in (r.train_img_s, r.synthetic_img_s, r.baseline_img_s, r.eval_img_s, r.timm_eval_img_s, r.cache_img_s):
+        assert value > 0
+    assert r.pipeline_efficiency == pytest.approx(r.train_img_s / r.synthetic_img_s)
+    assert r.speedup_vs_baseline == pytest.approx(r.train_img_s / r.baseline_img_s)
+    assert r.eval_parity == pytest.approx(r.eval_img_s / r.timm_eval_img_s)
+    assert 0 <= r.stall_fraction < 1
+
+
+def test_throughput_command_writes_json(folder, tmp_path):
+    out = tmp_path / "tp.json"
+    cmd = [sys.executable, "-m", "pieceboard.cli", "throughput", "--data", str(folder), "--case", "pieceboard_mlp@16",
+           "--batch-size", "8", "--seconds", "0.05", "--precision", "no", "--output", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ | {"COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["images"] == 24 and len(report["cases"]) == 1
+    assert set(report["cases"][0]) >= FIELDS
+    assert report["cases"][0]["model"] == "pieceboard_mlp" and report["cases"][0]["image_size"] == 16
+    assert "pieceboard_mlp" in proc.stdout and "speedup" in proc.stdout
+    bad = subprocess.run([*cmd[:6], "--case", "nonet@16"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "nonet" in bad.stderr
