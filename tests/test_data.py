@@ -177,11 +177,13 @@ def test_batches_carry_matching_pixels_and_labels():
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("n", [1, 7, 25])
 def test_shards_cover_the_split_exactly_once(world, n):
-    indices = np.arange(n)
-    test_shards = [np.concatenate(_loader(indices, 4, world, r, shuffle=False).batches() or [[]]) for r in range(world)]
+    indices, batch = np.arange(n), 2 * world  # the global batch divides evenly over the processes
+    test_shards = [
+        np.concatenate(_loader(indices, batch, world, r, shuffle=False).batches() or [[]]) for r in range(world)
+    ]
     covered = np.concatenate(test_shards).astype(int)
     assert sorted(covered.tolist()) == list(range(n))  # evaluation: every image exactly once, nothing dropped
-    train = [_loader(indices, 4, world, r).batches() for r in range(world)]
+    train = [_loader(indices, batch, world, r).batches() for r in range(world)]
     assert len({len(t) for t in train}) == 1  # every process takes the same number of steps
     flat = np.concatenate([b for t in train for b in t]) if train[0] else np.array([], dtype=int)
     assert len(set(flat.tolist())) == len(flat)  # no image twice
