@@ -14,9 +14,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# accelerate launch gives a lone CPU process one thread unless told otherwise: hand it every core.
 demo: $(VENV)/.installed
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		-m pieceboard.bench benchmarks/demo.toml
+		--num_cpu_threads_per_process $(shell nproc) -m pieceboard.bench benchmarks/demo.toml
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks

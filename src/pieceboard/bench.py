@@ -26,7 +26,7 @@ from pieceboard.config import Cell, Config, PieceboardError, load_config
 from pieceboard.data import Manifest, build_cache, cache_root, channel_stats, make_manifest
 from pieceboard.leaderboard import Leaderboard
 from pieceboard.models import resolve_weights
-from pieceboard.results import RunResult, finished, save_result
+from pieceboard.results import RESULT, RunResult, finished, run_dir, save_result
 from pieceboard.tracking import Tracker, resolve_mode
 from pieceboard.train import NonFiniteLoss, RunData, device_type, fit, make_accelerator, resolve_precision
 
@@ -146,7 +146,7 @@ def run(
 
     Args:
         source: A benchmark TOML file (or its content as a dict).
-        output: Output folder; default `[benchmark] output` or results/<name>.
+        output: Output folder; default `[benchmark] output` or `results/<name>`.
         overrides: `KEY=VALUE` strings with dotted keys, as `--set` takes them.
         console: Where the progress and leaderboard go; default stdout.
 
@@ -301,7 +301,8 @@ def _prediction_rows(manifest: Manifest, data: RunData, predictions: np.ndarray 
 def _record_skipped(config: Config, output: Path, results: list[RunResult], reason: str) -> None:
     done = {r.id for r in results}
     for cell in config.cells:
-        if cell.id not in done:
+        # A result stored by an earlier command stays as it is; only cells with none get a skipped row.
+        if cell.id not in done and not (run_dir(output, cell.id) / RESULT).exists():
             result = RunResult(id=cell.id, status="skipped", config=_stored_config(cell, config), error=reason)
             save_result(output, result)
             results.append(result)

@@ -39,6 +39,7 @@ def _prefetch(args: argparse.Namespace) -> int:
     from pieceboard.models import WeightsError, resolve_weights
 
     config = load_config(args.file, args.overrides)
+    failed = []
     for model in sorted({c.model for c in config.cells if c.mode != "scratch" and c.weights is None}):
         try:
             print(f"{model}: cached at {resolve_weights(model, 'finetune', None)}")
@@ -47,9 +48,12 @@ def _prefetch(args: argparse.Namespace) -> int:
             pass
         try:
             timm.create_model(model, pretrained=True)
-        except Exception as exc:  # network or hub errors: say which model, keep going for the others
-            raise PieceboardError(f"{model}: could not download pretrained weights ({exc})") from None
+        except Exception as exc:  # network or hub errors: name the model, keep going for the others
+            failed.append(f"{model}: could not download pretrained weights ({type(exc).__name__}: {exc})")
+            continue
         print(f"{model}: downloaded to {resolve_weights(model, 'finetune', None)}")
+    if failed:
+        raise PieceboardError("\n".join(failed))
     return 0
 
 

@@ -142,8 +142,8 @@ class Config:
 
     @property
     def output(self) -> Path:
-        """Where results go: `[benchmark] output`, else results/<name>."""
-        return Path(self.benchmark.output or Path("results") / self.benchmark.name)
+        """Where results go: `[benchmark] output`, else `results/<name>`."""
+        return Path(self.benchmark.output or Path("results") / self.benchmark.name).expanduser()
 
 
 def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Config:
@@ -170,7 +170,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
     try:
         parsed = _File.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(err, raw, where) for err in exc.errors())) from None
+        raise ConfigError("\n".join(_describe_all(exc.errors(), raw, where))) from None
     config = Config(path, parsed.benchmark, parsed.data, parsed.defaults, parsed.runs, parsed.matrix)
     _check_axes(config.matrix, where)
     _check_runs(config, where)
@@ -233,6 +233,28 @@ def _table_name(loc: tuple[Any, ...], raw: dict[str, Any]) -> tuple[str, tuple[A
         label = f"'{run['name']}'" if isinstance(run.get("name"), str) else f"#{loc[1] + 1}"
         return f"[[runs]] {label}", loc[2:]
     return f"[{loc[0]}]", loc[1:]
+
+
+_FIELD_NAMES = {
+    name for model in (BenchmarkTable, DataTable, TrainSettings, RunTable, _File) for name in model.model_fields
+}
+
+
+def _describe_all(errors: list[dict[str, Any]], raw: dict[str, Any], where: str) -> list[str]:
+    """One line per key: pydantic reports a union (e.g. `true | "auto"`) once per member; merge those."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    for err in errors:
+        loc = []
+        for part in err["loc"]:  # keep keys and list positions, drop union-member tags such as 'bool'
+            if not (isinstance(part, int) or part in _FIELD_NAMES):
+                break
+            loc.append(part)
+        key = tuple(err["loc"]) if err["type"] == "extra_forbidden" else tuple(loc)
+        if key in merged and merged[key]["type"] != "extra_forbidden":
+            merged[key]["msg"] += f", or {err['msg'].lower()}"
+        else:
+            merged[key] = dict(err, loc=key)
+    return [_describe(err, raw, where) for err in merged.values()]
 
 
 def _describe(err: dict[str, Any], raw: dict[str, Any], where: str) -> str:

@@ -153,7 +153,10 @@ def make_manifest(data: DataTable, output: Path, progress: Callable[[str, int, i
     Raises:
         DataError: A problem with the folder, or a rerun whose folder or split settings changed.
     """
-    root = builtin.resolve(data.path).resolve()
+    try:
+        root = builtin.resolve(data.path).resolve()
+    except ValueError as exc:  # an unknown builtin:<name>
+        raise DataError(f"data.path: {exc}") from None
     settings = {"path": str(root), "test_fraction": data.test_fraction, "split_seed": data.split_seed}
     rel_paths, classes = scan_folder(root)
     existing = _read_manifest(output, root, settings, rel_paths)
@@ -464,11 +467,11 @@ def _affine(mean: tuple[float, ...], std: tuple[float, ...], device):
 
 
 def augment(images, kinds: list[str], generator):
-    """Batch augmentations on the device: `hflip` (half the images mirrored), `crop` (random resized crop).
+    """Batch augmentations on the device: `crop` (random resized crop), then `hflip` (half the images mirrored).
 
     Args:
         images: Float NCHW batch.
-        kinds: Which augmentations to apply, in order.
+        kinds: Which augmentations to apply; the order is always crop, then flip.
         generator: A seeded torch.Generator on the images' device.
     """
     import torch

@@ -91,10 +91,10 @@ def save_result(output: Path, result: RunResult, predictions: list[tuple[int, st
     atomic_write_text(folder / RESULT, json.dumps(result.to_dict(), indent=2, allow_nan=True) + "\n")
 
 
-def load_results(output: Path) -> list[RunResult]:
+def load_results(output: str | Path) -> list[RunResult]:
     """Every stored result under `output/runs`, in folder order."""
     results = []
-    for path in sorted((output / RUNS).glob(f"*/{RESULT}")):
+    for path in sorted((Path(output) / RUNS).glob(f"*/{RESULT}")):
         results.append(RunResult.from_dict(json.loads(path.read_text(encoding="utf-8"))))
     return results
 

@@ -289,7 +289,8 @@ def fit(
     steps_per_epoch = len(train_loader)
     scheduler = _scheduler(optimizer, cell, steps_per_epoch)
     model, optimizer = accelerator.prepare(model, optimizer)
-    generator = torch.Generator(device=accelerator.device).manual_seed(s.seed)
+    # Each process draws its own augmentations (its images differ too), reproducibly for a seed and world size.
+    generator = torch.Generator(device=accelerator.device).manual_seed(s.seed * 7919 + accelerator.process_index)
 
     history: list[dict[str, float]] = []
     train_s = eval_s = wait_s = 0.0
