@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -73,6 +74,8 @@ def test_bench_end_to_end_and_figures_rederive(tmp_path, image_folder):
         assert result["config"]["image_size"] == row["image_size"]
         assert result["train_img_s"] > 0 and result["eval_img_s"] > 0 and result["params"] > 0
         assert result["environment"]["processes"] == 1
+        digest = hashlib.sha256((out / "manifest.csv").read_bytes()).hexdigest()[:16]
+        assert result["config"]["data"]["manifest_sha256"] == digest  # ties the result to its split
         rows, figures = _recompute(out / "runs" / row["id"] / "predictions.csv", class_names)
         assert sorted(r["path"] for r in rows) == test_paths
         for key, value in figures.items():
@@ -167,3 +170,18 @@ def test_missing_pretrained_weights_stop_before_training(tmp_path, image_folder,
     assert "resnet18" in proc.stderr and "pieceboard prefetch" in proc.stderr and "weights =" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_batch_of_one_is_refused_before_training(tmp_path, image_folder):
+    body = '[defaults]\nbatch_size = 1\n\n[[runs]]\nname = "mlp"\nmodel = "pieceboard_mlp"\nmode = "scratch"\n'
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, body)
+    with pytest.raises(pieceboard.PieceboardError, match="batch_size 1 gives fewer than 2 images"):
+        pieceboard.run(bench, output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_builtin_is_a_user_error(tmp_path):
+    body = '[[runs]]\nname = "mlp"\nmodel = "pieceboard_mlp"\nmode = "scratch"\n'
+    bench = write_benchmark(tmp_path / "b.toml", "builtin:nope", body)
+    proc = _cli("-m", "pieceboard.bench", str(bench), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown built-in dataset 'nope'" in proc.stderr and "Traceback" not in proc.stderr

@@ -138,7 +138,7 @@ def test_cache_rebuilds_only_when_content_changes(image_folder, tmp_path):
 def test_channel_stats_match_numpy():
     pixels = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8)
     idx = np.arange(0, 40, 3)
-    mean, std = channel_stats(pixels, idx, chunk=5)
+    mean, std = channel_stats(pixels, idx, chunk_bytes=5 * 8 * 8 * 3 * 8)  # blocks of 5 images
     ref = pixels[idx].astype(np.float64) / 255
     assert np.allclose(mean, ref.mean(axis=(0, 1, 2))) and np.allclose(std, ref.std(axis=(0, 1, 2)))
 
@@ -207,3 +207,43 @@ def test_to_float_normalises_and_augment_is_seeded():
     flipped = augment(ramp, ["hflip"], torch.Generator().manual_seed(1))
     for image in flipped:
         assert torch.equal(image, ramp[0]) or torch.equal(image, ramp[0].flip(2))
+
+
+def test_scan_keeps_split_named_subfolders_and_symlinks_inside_classes(tmp_path):
+    root = make_image_folder(tmp_path / "d", classes=2, per_class=3)
+    (root / "class_a" / "test").mkdir()
+    Image.new("RGB", (5, 5)).save(root / "class_a" / "test" / "x.png")
+    os.symlink(root / "class_b" / "img_000.png", root / "class_b" / "link.png")
+    paths, classes = scan_folder(root)
+    assert "class_a/test/x.png" in paths and "class_b/link.png" in paths and len(paths) == 8
+    assert classes[paths.index("class_a/test/x.png")] == "class_a"
+
+
+def test_scan_names_archives_and_links_leaving_the_folder(tmp_path):
+    import zipfile
+
+    root = make_image_folder(tmp_path / "d", classes=2, per_class=2)
+    with zipfile.ZipFile(root / "class_a" / "more.zip", "w") as zf:
+        zf.write(root / "class_a" / "img_000.png", "inner.png")
+    with pytest.raises(DataError, match=r"more.zip is an archive"):
+        scan_folder(root)
+    (root / "class_a" / "more.zip").unlink()
+    Image.new("RGB", (5, 5)).save(tmp_path / "elsewhere.png")
+    os.symlink(tmp_path / "elsewhere.png", root / "class_b" / "out.png")
+    paths, _ = scan_folder(root)  # a link is listed where it sits, not where it points
+    assert "class_b/out.png" in paths
+
+
+def test_split_keeps_every_class_on_both_sides():
+    labels = np.repeat(np.arange(3), [50, 50, 2])
+    for seed in range(5):
+        is_test = stratified_split(labels, 0.2, seed)
+        assert np.bincount(labels[is_test], minlength=3).tolist() == [10, 10, 1]
+    tiny = np.repeat(np.arange(3), 2)
+    assert np.bincount(tiny[stratified_split(tiny, 0.8, 0)]).tolist() == [1, 1, 1]
+
+
+def test_to_float_layout_follows_the_model():
+    images = torch.from_numpy(np.zeros((2, 4, 4, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
+    assert to_float(images, [0.5] * 3, [0.5] * 3).is_contiguous(memory_format=torch.channels_last)
+    assert to_float(images, [0.5] * 3, [0.5] * 3, channels_last=False).is_contiguous()

@@ -37,10 +37,11 @@ def test_evaluation_scores_every_image_once(tmp_path, world):
         assert entry["predictions"] == entry["losses"] == n
 
 
-@pytest.mark.parametrize("world, per_class, batch", [(2, 14, 4), (3, 38, 6)])
-def test_benchmark_under_several_processes(tmp_path, world, per_class, batch):
-    # 2 classes: 7 test images for world 2 (odd, not a multiple of the batch), 19 = 3 x 6 + 1 for world 3.
-    folder = make_image_folder(tmp_path / "images", classes=2, per_class=per_class)
+@pytest.mark.parametrize("world, classes, batch", [(2, 7, 4), (3, 19, 6)])
+def test_benchmark_under_several_processes(tmp_path, world, classes, batch):
+    # One test image per class (4 images each, test_fraction 0.25): 7 for world 2 (odd, not a multiple of the
+    # batch), 19 = 3 x 6 + 1 for world 3.
+    folder = make_image_folder(tmp_path / "images", classes=classes, per_class=4)
     body = f"""
 [defaults]
 epochs = 2
@@ -109,7 +110,7 @@ mode = "scratch"
     one = json.loads((tmp_path / "one" / "runs" / "mlp" / "result.json").read_text())
     two = json.loads((tmp_path / "two" / "runs" / "mlp" / "result.json").read_text())
     assert two["environment"]["processes"] == 2 and one["environment"]["processes"] == 1
-    assert one["n_test"] == two["n_test"] == 1348  # a quarter of 5,391
+    assert one["n_test"] == two["n_test"] == 1347  # a quarter of each class of 5,391 images
     assert one["metrics"]["accuracy"] > 0.8
     assert abs(one["metrics"]["accuracy"] - two["metrics"]["accuracy"]) <= 0.02
 
@@ -122,3 +123,12 @@ def test_global_batch_must_split_evenly(tmp_path):
     assert proc.returncode != 0
     assert "batch_size 5 is the global batch and must divide evenly over the 2 processes" in proc.stderr
     assert "pieceboard/bench.py" not in proc.stderr  # torchrun reports the exit; pieceboard prints no traceback
+
+
+def test_a_data_error_stops_every_process_with_one_message(tmp_path):
+    body = '[[runs]]\nname = "mlp"\nmodel = "pieceboard_mlp"\nmode = "scratch"\n'
+    bench = write_benchmark(tmp_path / "b.toml", tmp_path / "missing", body)
+    proc = _torchrun(2, "-m", "pieceboard.bench", str(bench), "--output", "out", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.count("is not a folder") == 2  # both processes stop on the main process's error
+    assert "pieceboard/bench.py" not in proc.stderr

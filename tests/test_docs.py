@@ -57,3 +57,10 @@ def test_cli_page_names_every_subcommand() -> None:
     assert commands
     text = _page("cli.md")
     assert [c for c in commands if f"pieceboard {c}" not in text] == []
+
+
+def test_throughput_page_names_every_report_field() -> None:
+    from pieceboard.throughput import CaseResult
+
+    fields = [field.name for field in dataclasses.fields(CaseResult)]
+    assert _missing(fields, _page("throughput.md")) == []

@@ -11,21 +11,26 @@ wrong (one message, nothing trained); 130 interrupted (finished runs are kept; a
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import hashlib
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pieceboard.config import Cell, Config, PieceboardError, load_config
-from pieceboard.data import Manifest, build_cache, cache_root, channel_stats, make_manifest
+from pieceboard.data import MANIFEST, Manifest, build_cache, cache_root, channel_stats, make_manifest
 from pieceboard.leaderboard import Leaderboard
-from pieceboard.models import resolve_weights
+from pieceboard.models import resolve_weights, uses_depthwise_conv
 from pieceboard.results import RESULT, RunResult, finished, run_dir, save_result
 from pieceboard.tracking import Tracker, resolve_mode
 from pieceboard.train import NonFiniteLoss, RunData, device_type, fit, make_accelerator, resolve_precision
@@ -94,17 +99,11 @@ class Display:
             self.note(f"[red]{result.status}[/red] {result.id}: {result.error}")
 
 
-def _run_data(manifest: Manifest, pixels: np.ndarray, cache_s: float) -> RunData:
+def _run_data(manifest: Manifest, pixels: np.ndarray, cache_s: float, need_stats: bool) -> RunData:
     train = manifest.train_indices
-    return RunData(
-        pixels,
-        manifest.labels,
-        train,
-        manifest.test_indices,
-        manifest.class_names,
-        channel_stats(pixels, train),
-        cache_s,
-    )
+    # Only scratch runs normalise with the dataset's statistics; pretrained ones use their backbone's config.
+    stats = channel_stats(pixels, train) if need_stats else None
+    return RunData(pixels, manifest.labels, train, manifest.test_indices, manifest.class_names, stats, cache_s)
 
 
 def wide_console(stderr: bool = False) -> Console:
@@ -113,11 +112,36 @@ def wide_console(stderr: bool = False) -> Console:
     return console if console.is_terminal else Console(stderr=stderr, width=240)
 
 
+def _main_first(state: PartialState, work: Callable[[], Any]) -> Any:
+    """Run `work` on the main process, then on the others (which find its result on disk: the manifest, the cache).
+
+    A user error on the main process is sent to every process, so all of them stop with the same message and exit
+    code 2 instead of the others waiting at a barrier until the launcher kills them.
+    """
+    error: list[str | None] = [None]
+    result = None
+    if state.is_main_process:
+        try:
+            result = work()
+        except PieceboardError as exc:
+            error[0] = str(exc)
+    if state.num_processes > 1:
+        broadcast_object_list(error)
+    if error[0] is not None:
+        raise PieceboardError(error[0])
+    return result if state.is_main_process else work()
+
+
 def _preflight(config: Config, processes: int) -> tuple[dict[str, str | None], dict[str, str]]:
     """Everything that can be wrong before training: batch split, weights and precision for every cell."""
     weights, precisions = {}, {}
     device = device_type()
     for cell in config.cells:
+        if cell.settings.batch_size < 2 * processes:
+            raise PieceboardError(
+                f"{config.path or '<config>'}: [[runs]] '{cell.run}': batch_size {cell.settings.batch_size} gives "
+                f"fewer than 2 images to each of the {processes} processes; BatchNorm cannot train on one image"
+            )
         if cell.settings.batch_size % processes:
             raise PieceboardError(
                 f"{config.path or '<config>'}: [[runs]] '{cell.run}': batch_size {cell.settings.batch_size} is the "
@@ -126,14 +150,17 @@ def _preflight(config: Config, processes: int) -> tuple[dict[str, str | None], d
             )
         try:
             weights[cell.id] = resolve_weights(cell.model, cell.mode, cell.weights)
-            precisions[cell.id] = resolve_precision(cell.settings.precision, device)
+            depthwise = device == "cpu" and cell.settings.precision == "auto" and uses_depthwise_conv(cell.model)
+            precisions[cell.id] = resolve_precision(cell.settings.precision, device, depthwise)
         except PieceboardError as exc:
             raise PieceboardError(f"{config.path or '<config>'}: [[runs]] '{cell.run}': {exc}") from None
     return weights, precisions
 
 
-def _stored_config(cell: Cell, config: Config) -> dict[str, Any]:
-    return cell.to_dict() | {"data": config.data.model_dump(exclude={"cache_dir"})}
+def _stored_config(cell: Cell, config: Config, manifest_digest: str) -> dict[str, Any]:
+    # The manifest's digest ties a stored result to the exact split it was scored on: a re-split folder reruns it.
+    data = config.data.model_dump(exclude={"cache_dir"}) | {"manifest_sha256": manifest_digest}
+    return cell.to_dict() | {"data": data}
 
 
 def run(
@@ -172,9 +199,9 @@ def run(
     results: list[RunResult] = []
     caches: dict[int, RunData] = {}
     with Display(console, len(config.cells), main) as display:
-        with state.main_process_first():
-            manifest = make_manifest(config.data, output, progress=display.stage if main else None)
+        manifest = _main_first(state, lambda: make_manifest(config.data, output, display.stage if main else None))
         n_test = int(manifest.is_test.sum())
+        manifest_digest = hashlib.sha256((output / MANIFEST).read_bytes()).hexdigest()[:16]
         display.note(
             f"[bold]{config.benchmark.name}[/bold]: {len(manifest.paths)} images, {len(manifest.class_names)} classes, "
             f"{len(manifest.paths) - n_test} train / {n_test} test, {len(manifest.skipped)} skipped as undecodable; "
@@ -182,7 +209,7 @@ def run(
         )
         try:
             for cell in config.cells:
-                stored_config = _stored_config(cell, config)
+                stored_config = _stored_config(cell, config, manifest_digest)
                 stored = finished(output, cell.id, stored_config)
                 if stored is not None:
                     results.append(stored)
@@ -192,11 +219,11 @@ def run(
                 size = cell.settings.image_size
                 if size not in caches:
                     started = time.perf_counter()
-                    with state.main_process_first():
-                        pixels = build_cache(
-                            manifest.files(), size, cache_root(config.data), progress=display.stage if main else None
-                        )
-                    caches[size] = _run_data(manifest, pixels, time.perf_counter() - started)
+                    progress = display.stage if main else None
+                    build = functools.partial(build_cache, manifest.files(), size, cache_root(config.data), progress)
+                    pixels = _main_first(state, build)
+                    scratch = any(c.mode == "scratch" and c.settings.image_size == size for c in config.cells)
+                    caches[size] = _run_data(manifest, pixels, time.perf_counter() - started, scratch)
                 display.start_run(cell)
                 result, predictions = _run_cell(
                     cell,
@@ -216,7 +243,8 @@ def run(
                 display.end_run(result)
         except KeyboardInterrupt:
             if main:
-                _record_skipped(config, output, results, "interrupted before it finished; rerun to continue")
+                reason = "interrupted before it finished; rerun to continue"
+                _record_skipped(config, output, results, reason, manifest_digest)
                 Leaderboard.from_results(results).write(output)
             raise
     board = Leaderboard.from_results(results)
@@ -263,28 +291,8 @@ def _run_cell(
     finally:
         accelerator.free_memory()
     tracker.finish(outcome.metrics | {"train_img_s": outcome.train_img_s, "params": outcome.params})
-    result = RunResult(
-        id=cell.id,
-        status="completed",
-        config=stored_config,
-        metrics=outcome.metrics,
-        per_class=outcome.per_class,
-        confusion_matrix=outcome.confusion_matrix,
-        history=outcome.history,
-        params=outcome.params,
-        trainable_params=outcome.trainable_params,
-        gflops=outcome.gflops,
-        train_s=outcome.train_s,
-        train_img_s=outcome.train_img_s,
-        eval_img_s=outcome.eval_img_s,
-        cache_s=data.cache_s,
-        data_wait_s=outcome.data_wait_s,
-        n_train=outcome.n_train,
-        n_test=outcome.n_test,
-        precision=outcome.precision,
-        channels_last=outcome.channels_last,
-        environment=outcome.environment,
-    )
+    measured = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(RunResult) if hasattr(outcome, f.name)}
+    result = RunResult(id=cell.id, status="completed", config=stored_config, cache_s=data.cache_s, **measured)
     return result, outcome.predictions
 
 
@@ -298,12 +306,12 @@ def _prediction_rows(manifest: Manifest, data: RunData, predictions: np.ndarray 
     ]
 
 
-def _record_skipped(config: Config, output: Path, results: list[RunResult], reason: str) -> None:
+def _record_skipped(config: Config, output: Path, results: list[RunResult], reason: str, digest: str) -> None:
     done = {r.id for r in results}
     for cell in config.cells:
         # A result stored by an earlier command stays as it is; only cells with none get a skipped row.
         if cell.id not in done and not (run_dir(output, cell.id) / RESULT).exists():
-            result = RunResult(id=cell.id, status="skipped", config=_stored_config(cell, config), error=reason)
+            result = RunResult(id=cell.id, status="skipped", config=_stored_config(cell, config, digest), error=reason)
             save_result(output, result)
             results.append(result)
 

@@ -74,8 +74,13 @@ def _throughput(args: argparse.Namespace) -> int:
     for model, _ in cases:
         if not known_model(model):
             raise PieceboardError(f"--case: unknown model {model!r}")
+    if args.batch_size < 2 or (not args.data and args.images < args.batch_size):
+        raise PieceboardError(f"--batch-size {args.batch_size}: must be 2 or more and at most --images ({args.images})")
     if args.data:
-        folder = builtin.resolve(args.data)
+        try:
+            folder = builtin.resolve(args.data)
+        except ValueError as exc:
+            raise PieceboardError(f"--data: {exc}") from None
     else:
         folder = generate_folder(builtin.cache_root() / "throughput" / f"mixed-{args.images}", images=args.images)
     console = wide_console()

@@ -293,6 +293,11 @@ def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
 def _check_runs(config: Config, where: str) -> None:
     from pieceboard.models import known_model, similar_models  # timm import is slow: only when validating
 
+    if not SAFE_NAME.fullmatch(config.benchmark.name):
+        raise ConfigError(
+            f"{where}: [benchmark]: key 'name': must be one safe path component (letters, digits, . _ + -), "
+            f"since the output defaults to results/<name> (got {config.benchmark.name!r})"
+        )
     seen: set[str] = set()
     for run in config.runs:
         table = f"{where}: [[runs]] '{run.name}'"

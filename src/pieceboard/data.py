@@ -90,16 +90,24 @@ def scan_folder(root: Path) -> tuple[list[str], list[str]]:
     if not root.is_dir():
         raise DataError(f"data.path: {root} is not a folder")
     _quiet_datasets()
-    # imagefolder finds the image files (its extension list, hidden files and __* folders skipped); labels are
-    # ours: the top-level folder, since its own inference silently drops labels when depths differ.
+    # imagefolder finds the image files (its extension list; hidden files and __* folders skipped). An explicit
+    # pattern keeps it from reading a `test/` folder anywhere in the tree as a split, and the labels are ours: the
+    # top-level folder, since its own inference silently drops labels when depths differ.
     try:
-        found = datasets.load_dataset("imagefolder", data_dir=str(root), drop_labels=True, drop_metadata=True)
+        found = datasets.load_dataset(
+            "imagefolder", data_files={"train": [str(root / "**")]}, drop_labels=True, drop_metadata=True
+        )
     except (FileNotFoundError, ValueError) as exc:
         raise DataError(f"data.path: {root}: no images found ({exc})") from None
     rel_paths: list[str] = []
-    for split in found.values():
-        for item in split.cast_column("image", datasets.Image(decode=False))["image"]:
-            rel_paths.append(Path(item["path"]).resolve().relative_to(root.resolve()).as_posix())
+    for item in found["train"].cast_column("image", datasets.Image(decode=False))["image"]:
+        path = item["path"]
+        if "::" in path:
+            raise DataError(f"data.path: {path.split('::')[-1]} is an archive; extract it into class folders first")
+        rel = os.path.relpath(path, root)
+        if rel.startswith(".."):
+            raise DataError(f"data.path: {path} is outside {root}")
+        rel_paths.append(Path(rel).as_posix())
     rel_paths.sort()
     merge_splits = {p.split("/")[0].lower() for p in rel_paths} <= SPLIT_FOLDERS
     classes = []
@@ -118,7 +126,8 @@ def scan_folder(root: Path) -> tuple[list[str], list[str]]:
 
 
 def _empty_class_dirs(root: Path, classes: set[str], merge_splits: bool) -> list[Path]:
-    parents = [d for d in root.iterdir() if d.is_dir()] if merge_splits else [root]
+    visible = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "__"))]
+    parents = visible if merge_splits else [root]
     empty = []
     for parent in parents:
         for entry in sorted(parent.iterdir()):
@@ -186,14 +195,17 @@ def make_manifest(data: DataTable, output: Path, progress: Callable[[str, int, i
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
-    """A seeded stratified split: True where an image is held out for testing."""
-    from sklearn.model_selection import train_test_split
+    """A seeded stratified split: True where an image is held out for testing.
 
-    index = np.arange(len(labels))
-    n_test = max(int(round(test_fraction * len(labels))), len(np.unique(labels)))
-    _, test = train_test_split(index, test_size=n_test, stratify=labels, random_state=seed)
+    Each class gives round(test_fraction x its size) images to the test split, and always at least one to each
+    side: a class missing from the test split would score 0 in every macro average.
+    """
+    rng = np.random.default_rng(seed)
     is_test = np.zeros(len(labels), dtype=bool)
-    is_test[test] = True
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        n_test = int(np.clip(round(test_fraction * len(members)), 1, len(members) - 1))
+        is_test[rng.permutation(members)[:n_test]] = True
     return is_test
 
 
@@ -344,18 +356,22 @@ def build_cache(
     return np.load(target, mmap_mode="r")
 
 
-def channel_stats(pixels: np.ndarray, indices: np.ndarray, chunk: int = 512) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (0..1 scale) of the given images, streamed so memory stays small."""
+def channel_stats(
+    pixels: np.ndarray, indices: np.ndarray, chunk_bytes: int = 32 << 20
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0..1 scale) of the given images, streamed in blocks of about `chunk_bytes`."""
+    per_image = int(np.prod(pixels.shape[1:]))
+    chunk = max(1, chunk_bytes // (per_image * 8))
     total = np.zeros(3)
     squares = np.zeros(3)
     count = 0
     for start in range(0, len(indices), chunk):
-        block = pixels[np.sort(indices[start : start + chunk])].astype(np.float64) / 255.0
-        total += block.sum(axis=(0, 1, 2))
-        squares += (block**2).sum(axis=(0, 1, 2))
-        count += block.shape[0] * block.shape[1] * block.shape[2]
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 1e-12))
+        block = pixels[np.sort(indices[start : start + chunk])].reshape(-1, 3).astype(np.float64)
+        total += block.sum(axis=0)
+        squares += np.einsum("ij,ij->j", block, block)
+        count += block.shape[0]
+    mean = total / count / 255.0
+    std = np.sqrt(np.maximum(squares / count / 255.0**2 - mean**2, 1e-12))
     return mean.tolist(), std.tolist()
 
 
@@ -415,8 +431,8 @@ class BatchLoader:
         steps = []
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            if self.shuffle and len(batch) < 2 * self.world:
-                break
+            if self.shuffle and len(batch) < self.batch_size and len(batch) < 2 * self.world:
+                break  # only ever the last, partial batch
             steps.append(np.array_split(batch, self.world)[self.rank])
         return steps
 
@@ -451,10 +467,15 @@ class BatchLoader:
                 yield batch
 
 
-def to_float(images, mean: list[float], std: list[float]):
-    """uint8 NCHW on the device -> normalised float32, keeping the memory layout."""
+def to_float(images, mean: list[float], std: list[float], channels_last: bool = True):
+    """uint8 NCHW on the device -> normalised float32, in channels_last or contiguous NCHW memory.
+
+    Batches arrive as NCHW views of NHWC memory, which is channels_last already; a contiguous copy is made only for
+    models that want NCHW (the MLP, or `channels_last = false`).
+    """
     shift, scale = _affine(tuple(mean), tuple(std), images.device)
-    return images.float().sub_(shift).mul_(scale)
+    x = images.float().sub_(shift).mul_(scale)
+    return x if channels_last else x.contiguous()
 
 
 @functools.lru_cache(maxsize=16)
@@ -478,6 +499,7 @@ def augment(images, kinds: list[str], generator):
     import torch.nn.functional as F
 
     n = images.shape[0]
+    layout = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     if "crop" in kinds:
         # Random resized crop as one batched affine resample: scale of area in [0.35, 1], aspect in [3/4, 4/3].
         area = torch.empty(n, device=images.device).uniform_(0.35, 1.0, generator=generator)
@@ -494,4 +516,4 @@ def augment(images, kinds: list[str], generator):
     if "hflip" in kinds:
         flip = torch.rand(n, device=images.device, generator=generator) < 0.5
         images = torch.where(flip.view(n, 1, 1, 1), images.flip(3), images)
-    return images
+    return images.contiguous(memory_format=layout)

@@ -11,6 +11,7 @@ so their running statistics remain the pretrained ones).
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 from pathlib import Path
 
@@ -197,14 +198,31 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def has_depthwise_conv(model: nn.Module) -> bool:
+    """Whether the model uses depthwise convolutions (MobileNet, EfficientNet, ConvNeXt...)."""
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in model.modules())
+
+
+@functools.lru_cache(maxsize=64)
+def uses_depthwise_conv(model_name: str) -> bool:
+    """`has_depthwise_conv` for a model name, built on the meta device (no memory, no weights)."""
+    kwargs = {"img_size": 32} if model_name.split(".")[0] == MLP_NAME else {}
+    with torch.device("meta"):
+        return has_depthwise_conv(timm.create_model(model_name, pretrained=False, num_classes=2, **kwargs))
+
+
 def is_convnet(model: nn.Module) -> bool:
     """Whether the model has 2-D convolutions (channels_last can only help those)."""
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def normalization(model: nn.Module, mode: str, dataset_mean_std: tuple[list[float], list[float]]) -> tuple:
+def normalization(
+    model: nn.Module, mode: str, dataset_mean_std: tuple[list[float], list[float]] | None
+) -> tuple[list[float], list[float]]:
     """Mean and std to normalise inputs: the backbone's pretrained config, or the dataset's for scratch runs."""
     if mode == "scratch":
+        if dataset_mean_std is None:
+            raise ValueError("a scratch run needs the dataset's mean and std")
         return dataset_mean_std
     cfg = timm.data.resolve_data_config({}, model=model)
     return list(cfg["mean"]), list(cfg["std"])

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pieceboard.config import PieceboardError
 from pieceboard.data import BatchLoader, build_cache, channel_stats, scan_folder, to_float
-from pieceboard.models import build_model, is_convnet
+from pieceboard.models import build_model, has_depthwise_conv
 from pieceboard.train import (
-    CHANNELS_LAST_MIN_SIZE,
     device_type,
     environment,
     fused_kwargs,
@@ -41,6 +41,7 @@ from pieceboard.train import (
     optimizer_step,
     resolve_precision,
     train_step,
+    use_channels_last,
 )
 
 DEFAULT_CASES = [("pieceboard_mlp", 50), ("resnet18", 64), ("mobilenetv3_large_100", 64)]
@@ -151,6 +152,8 @@ def measure_case(
     from torchvision import transforms
 
     rel_paths, classes = scan_folder(folder)
+    if len(rel_paths) < batch_size:
+        raise PieceboardError(f"{folder}: {len(rel_paths)} images, fewer than one batch of {batch_size}")
     names = sorted(set(classes))
     labels = np.array([names.index(c) for c in classes], dtype=np.int64)
     files = [folder / p for p in rel_paths]
@@ -161,12 +164,13 @@ def measure_case(
         pixels = np.array(pixels)  # keep the pixels once the temporary cache folder goes
     mean, std = channel_stats(pixels, np.arange(len(files)))
 
-    precision = resolve_precision(precision, device_type())
+    torch.manual_seed(0)
+    model = build_model(model_name, "scratch", len(names), image_size, None)
+    precision = resolve_precision(precision, device_type(), has_depthwise_conv(model))
     accelerator = make_accelerator(precision)
     device = accelerator.device
-    torch.manual_seed(0)
-    model = build_model(model_name, "scratch", len(names), image_size, None).to(device)
-    channels_last = is_convnet(model) and image_size >= CHANNELS_LAST_MIN_SIZE
+    model = model.to(device)
+    channels_last = use_channels_last(model, "auto")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, **fused_kwargs(device))
@@ -178,7 +182,7 @@ def measure_case(
             torch.cuda.synchronize(device)
 
     def uint8_step(batch):
-        return train_step(model, optimizer, accelerator, batch[0], batch[1], (mean, std))
+        return train_step(model, optimizer, accelerator, batch[0], batch[1], (mean, std), channels_last)
 
     # (b) the ceiling: one batch already on the device
     resident = BatchLoader(pixels, labels, np.arange(batch_size), batch_size, shuffle=False, device=device)
@@ -204,14 +208,8 @@ def measure_case(
 
     baseline, best_workers = 0.0, 0
     for n in workers:
-        dl = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=True,
-            num_workers=n,
-            persistent_workers=n > 0,
-            pin_memory=device.type == "cuda",
-        )
+        # The seed's DataLoader as it was written: default settings (workers restart every epoch, no pinning).
+        dl = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=n)
         rate, _, _ = _timed(_forever_dataloader(dl), float_step, sync, warmup, seconds, min_steps)
         del dl
         if rate > baseline:
@@ -223,7 +221,7 @@ def measure_case(
 
     def eval_step(batch):
         with torch.no_grad(), accelerator.autocast():
-            return model(to_float(batch[0], mean, std)).float().sum()
+            return model(to_float(batch[0], mean, std, channels_last)).float().sum()
 
     ours_eval, _, _ = _timed(_forever(test), eval_step, sync, warmup, seconds, min_steps)
     noise = torch.randn(batch_size, 3, image_size, image_size, device=device)

@@ -34,10 +34,6 @@ from pieceboard.data import BatchLoader, augment, to_float
 from pieceboard.metrics import classification_metrics
 from pieceboard.models import build_model, count_parameters, is_convnet, normalization, set_train_mode
 
-# channels_last helps convnets once feature maps are large enough to amortise the layout (measured in
-# `pieceboard throughput`: a gain at 200 px on this kind of CPU, none at 50-64 px).
-CHANNELS_LAST_MIN_SIZE = 128
-
 # DDP warns once per run when a 1x1 convolution's gradient comes out in another stride order than its bucket;
 # it costs a copy, not correctness.
 warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
@@ -52,7 +48,7 @@ class RunData:
     train_indices: np.ndarray
     test_indices: np.ndarray
     class_names: list[str]
-    mean_std: tuple[list[float], list[float]]
+    mean_std: tuple[list[float], list[float]] | None  # the training split's; needed by scratch runs only
     cache_s: float = 0.0
 
 
@@ -93,11 +89,13 @@ def cpu_has_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def resolve_precision(requested: str, device_type: str) -> str:
+def resolve_precision(requested: str, device_type: str, depthwise: bool = False) -> str:
     """The precision a run uses.
 
     `auto`: `accelerate launch --mixed_precision X` when given; otherwise bf16 on a GPU that supports it, fp16 on
-    an older GPU, bf16 on a CPU with AMX or AVX512-BF16, and fp32 ("no") on other CPUs.
+    an older GPU; on a CPU with AMX or AVX512-BF16, bf16 unless the model uses depthwise convolutions (measured with
+    `pieceboard throughput` on such a CPU: bf16 made resnet18 and the MLP 1.5-1.9x faster, but MobileNetV3 2x slower
+    at 64 px and no faster at 200 px); fp32 ("no") on other CPUs.
 
     Raises:
         PieceboardError: fp16 on a CPU (autocast would silently train in fp32 there).
@@ -109,7 +107,7 @@ def resolve_precision(requested: str, device_type: str) -> str:
         elif device_type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            return "bf16" if cpu_has_bf16() else "no"
+            return "bf16" if cpu_has_bf16() and not depthwise else "no"
     if requested == "fp16" and device_type != "cuda":
         raise PieceboardError(
             f'precision = "fp16" needs a GPU (this run is on {device_type}); use "bf16", "no" or "auto"'
@@ -148,6 +146,12 @@ def _scheduler(optimizer, cell: Cell, steps_per_epoch: int):
     return scheduler
 
 
+def use_channels_last(model: torch.nn.Module, setting: bool | str) -> bool:
+    """channels_last for convnets unless the run says `false`. `auto` = every convnet: measured with the training
+    step on a 2-core AMX CPU, it made resnet18 7% (64 px) to 37% (200 px) and MobileNetV3 70-76% faster."""
+    return is_convnet(model) and (setting == "auto" or setting is True)
+
+
 def fused_kwargs(device: torch.device) -> dict[str, bool]:
     """Fused optimizer kernels where torch has them: on this kind of 2-core CPU, fused Adam made the MLP's whole
     training step 2-4x faster than the default per-tensor loop (measured with `pieceboard throughput`)."""
@@ -178,6 +182,7 @@ def train_step(
     images: torch.Tensor,
     labels: torch.Tensor,
     mean_std: tuple,
+    channels_last: bool,
     augmentations: list[str] | tuple = (),
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -185,7 +190,7 @@ def train_step(
 
     `pieceboard throughput` times this same function against other input pipelines, so they compare like for like.
     """
-    x = to_float(images, *mean_std)
+    x = to_float(images, *mean_std, channels_last)
     if augmentations:
         x = augment(x, list(augmentations), generator)
     return optimizer_step(model, optimizer, accelerator, x, labels)
@@ -204,7 +209,12 @@ def optimizer_step(
 
 
 def evaluate(
-    model: torch.nn.Module, loader: BatchLoader, accelerator: Accelerator, mean_std: tuple, expected: np.ndarray
+    model: torch.nn.Module,
+    loader: BatchLoader,
+    accelerator: Accelerator,
+    mean_std: tuple,
+    expected: np.ndarray,
+    channels_last: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Score every test image exactly once across all processes.
 
@@ -218,7 +228,7 @@ def evaluate(
     positions, predictions, losses = [], [], []
     with torch.no_grad(), accelerator.autocast():
         for images, labels, index in loader:
-            logits = model(to_float(images, *mean_std)).float()
+            logits = model(to_float(images, *mean_std, channels_last)).float()
             losses.append(F.cross_entropy(logits, labels, reduction="none"))
             predictions.append(logits.argmax(dim=1))
             positions.append(index.to(accelerator.device))
@@ -271,9 +281,7 @@ def fit(
     model = build_model(cell.model, cell.mode, num_classes, s.image_size, weights_file)
     mean_std = normalization(model, cell.mode, data.mean_std)
     params, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
-    channels_last = is_convnet(model) and (
-        s.channels_last if s.channels_last != "auto" else s.image_size >= CHANNELS_LAST_MIN_SIZE
-    )
+    channels_last = use_channels_last(model, s.channels_last)
     model = model.to(accelerator.device)
     gflops = _gflops(model, s.image_size, accelerator.device)
     if channels_last:
@@ -287,6 +295,11 @@ def fit(
     )
     test_loader = BatchLoader(data.pixels, data.labels, data.test_indices, s.batch_size, shuffle=False, **shard)
     steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise PieceboardError(
+            f"the training split has {len(data.train_indices)} images: too few for one batch of at least 2 images "
+            f"per process; add images or lower test_fraction"
+        )
     scheduler = _scheduler(optimizer, cell, steps_per_epoch)
     model, optimizer = accelerator.prepare(model, optimizer)
     # Each process draws its own augmentations (its images differ too), reproducibly for a seed and world size.
@@ -306,7 +319,9 @@ def fit(
         waited_from = epoch_start
         for step, (images, labels, _) in enumerate(train_loader):
             wait_s += time.perf_counter() - waited_from
-            loss = train_step(model, optimizer, accelerator, images, labels, mean_std, s.augment, generator)
+            loss = train_step(
+                model, optimizer, accelerator, images, labels, mean_std, channels_last, s.augment, generator
+            )
             update += 1
             if scheduler is not None:
                 scheduler.step_update(update)
@@ -341,7 +356,9 @@ def fit(
             raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch + 1}")
 
         eval_start = time.perf_counter()
-        positions, predictions, losses = evaluate(model, test_loader, accelerator, mean_std, data.test_indices)
+        positions, predictions, losses = evaluate(
+            model, test_loader, accelerator, mean_std, data.test_indices, channels_last
+        )
         _sync(accelerator)
         eval_s += time.perf_counter() - eval_start
         scores = classification_metrics(predictions, data.labels[positions], num_classes, data.class_names)
