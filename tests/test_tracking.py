@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import pieceboard
@@ -51,6 +53,8 @@ def test_offline_run_per_cell(tmp_path, image_folder, monkeypatch):
     }
     results = pieceboard.run(config, output=tmp_path / "out")
     assert [r.status for r in results] == ["completed", "completed"]
+    seeds = json.loads((tmp_path / "out" / "leaderboard_seeds.json").read_text())
+    assert [e["group"] for e in seeds] == ["mlp"] and seeds[0]["seeds"] == [0, 1]
     runs = sorted((tmp_path / "out" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
     for run in runs:

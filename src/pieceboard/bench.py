@@ -251,6 +251,8 @@ def run(
     if main:
         board.write(output)
         console.print(board.table(title=f"{config.benchmark.name} — {output}"))
+        if (seeds := board.seed_table()) is not None:
+            console.print(seeds)
     return results
 
 

@@ -25,7 +25,10 @@ def _leaderboard(args: argparse.Namespace) -> int:
     if args.format == "table":
         from pieceboard.bench import wide_console
 
-        wide_console().print(board.table(title=str(output)))
+        console = wide_console()
+        console.print(board.table(title=str(output)))
+        if (seeds := board.seed_table()) is not None:
+            console.print(seeds)
     else:
         text = {"csv": board.to_csv, "md": board.to_markdown, "json": board.to_json}[args.format]()
         sys.stdout.write(text)

@@ -19,6 +19,7 @@ from typing import Any
 
 from rich.table import Table
 
+from pieceboard.metrics import mean_ci
 from pieceboard.results import RunResult, atomic_write_text, load_results
 
 # (row key, header, format) in display order; the same names as result.json.
@@ -63,6 +64,44 @@ def _row(result: RunResult) -> dict[str, Any]:
     return row
 
 
+SEED_METRICS = ("accuracy", "f1_macro", "test_loss")
+
+
+def _without_seed(row: dict[str, Any]) -> str:
+    """The cell id with its `seedN` axis label removed: the runs that differ only by seed share it."""
+    run, _, labels = row["id"].partition("@")
+    kept = [label for label in labels.split("-") if label and label != f"seed{row['seed']}"]
+    return run + ("@" + "-".join(kept) if kept else "")
+
+
+def seed_summary(rows: list[dict[str, Any]], confidence: float = 0.95) -> list[dict[str, Any]]:
+    """Completed rows grouped by everything but the seed: mean and Student-t interval of each metric.
+
+    Returns:
+        One row per group that has at least two seeds, ranked by mean macro F1; empty when no group repeats.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == "completed":
+            groups.setdefault(_without_seed(row), []).append(row)
+    summary = []
+    for name, members in groups.items():
+        if len(members) < 2:
+            continue
+        first = members[0]
+        entry: dict[str, Any] = {"group": name, "seeds": sorted(m["seed"] for m in members)}
+        entry |= {k: first[k] for k in ("model", "mode", "image_size", "batch_size", "epochs")}
+        for key in SEED_METRICS:
+            mean, low, high = mean_ci([m[key] for m in members], confidence)
+            entry |= {f"{key}_mean": mean, f"{key}_ci_low": low, f"{key}_ci_high": high}
+        entry["train_s_mean"] = sum(m["train_s"] for m in members) / len(members)
+        summary.append(entry)
+    summary.sort(key=lambda e: -e["f1_macro_mean"])
+    for rank, entry in enumerate(summary, start=1):
+        entry["rank"] = rank
+    return summary
+
+
 def _human_count(n: int) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
@@ -83,6 +122,11 @@ class Leaderboard:
     """Rows ranked by macro F1 (then accuracy); rows that did not complete come last, with their error."""
 
     rows: list[dict[str, Any]]
+
+    @property
+    def seeds(self) -> list[dict[str, Any]]:
+        """Runs that differ only by seed, summarised with 95% confidence intervals (see `seed_summary`)."""
+        return seed_summary(self.rows)
 
     @classmethod
     def from_results(cls, results: list[RunResult]) -> Leaderboard:
@@ -119,6 +163,19 @@ class Leaderboard:
                 table.add_row(*cells, *["-"] * (len(COLUMNS) - 8), f"[red]{reason}[/red]")
         return table
 
+    def seed_table(self) -> Table | None:
+        """The seed summary as a rich table, or None when no configuration ran with several seeds."""
+        summary = self.seeds
+        if not summary:
+            return None
+        table = Table(title="over seeds: mean [95% CI]", header_style="bold")
+        for header in ("#", "runs", "seeds", "acc", "F1", "test loss", "train s"):
+            table.add_column(header, justify="left" if header == "runs" else "right")
+        for e in summary:
+            cells = [f"{e[f'{k}_mean']:.4f} [{e[f'{k}_ci_low']:.4f}, {e[f'{k}_ci_high']:.4f}]" for k in SEED_METRICS]
+            table.add_row(str(e["rank"]), e["group"], str(len(e["seeds"])), *cells, f"{e['train_s_mean']:.1f}")
+        return table
+
     def to_json(self) -> str:
         """All rows with every field, as JSON."""
         return json.dumps(self.rows, indent=2) + "\n"
@@ -148,3 +205,5 @@ class Leaderboard:
         atomic_write_text(output / "leaderboard.json", self.to_json())
         atomic_write_text(output / "leaderboard.csv", self.to_csv())
         atomic_write_text(output / "leaderboard.md", self.to_markdown())
+        if self.seeds:
+            atomic_write_text(output / "leaderboard_seeds.json", json.dumps(self.seeds, indent=2) + "\n")
