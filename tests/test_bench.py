@@ -6,8 +6,10 @@ import csv
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -185,3 +187,30 @@ def test_unknown_builtin_is_a_user_error(tmp_path):
     bench = write_benchmark(tmp_path / "b.toml", "builtin:nope", body)
     proc = _cli("-m", "pieceboard.bench", str(bench), "--output", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 2 and "unknown built-in dataset 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "term", "kill-9"])
+def test_killed_benchmark_keeps_finished_runs_and_resumes(tmp_path, image_folder, sig):
+    body = BODY.replace("epochs = 2", "epochs = 500")  # long enough for the signal to land inside the second run
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, body)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pieceboard.bench", str(bench), "--output", str(out)]
+    # A child of a background shell inherits an ignored SIGINT; give it the default, as a terminal would.
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    first = out / "runs" / "mlp@8px" / "result.json"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    results = {r.id: r.status for r in pieceboard.load_results(out)}
+    assert results["mlp@8px"] == "completed"
+    if sig != signal.SIGKILL:
+        assert proc.returncode == 130 and "finished runs are kept" in stderr, (proc.returncode, stdout, stderr)
+        assert results["mlp@12px"] == "skipped" and (out / "leaderboard.json").exists()
+    stamp = first.stat().st_mtime_ns
+    rerun = _cli("-m", "pieceboard.bench", str(bench), "--output", str(out), cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "kept mlp@8px" in rerun.stdout and first.stat().st_mtime_ns == stamp
+    assert {r.status for r in pieceboard.load_results(out)} == {"completed"}

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import functools
 import hashlib
+import signal
 import sys
 import time
 import traceback
@@ -33,7 +34,16 @@ from pieceboard.leaderboard import Leaderboard
 from pieceboard.models import resolve_weights, uses_depthwise_conv
 from pieceboard.results import RESULT, RunResult, finished, run_dir, save_result
 from pieceboard.tracking import Tracker, resolve_mode
-from pieceboard.train import NonFiniteLoss, RunData, device_type, fit, make_accelerator, resolve_precision
+from pieceboard.train import (
+    STOP,
+    NonFiniteLoss,
+    RunData,
+    check_stop,
+    device_type,
+    fit,
+    make_accelerator,
+    resolve_precision,
+)
 
 
 class Display:
@@ -209,6 +219,7 @@ def run(
         )
         try:
             for cell in config.cells:
+                check_stop()
                 stored_config = _stored_config(cell, config, manifest_digest)
                 stored = finished(output, cell.id, stored_config)
                 if stored is not None:
@@ -339,9 +350,20 @@ def print_error(exc: BaseException) -> None:
     Console(stderr=True).print(f"pieceboard: error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
 
 
+def _stop(signum: int, frame: object) -> None:
+    if STOP.is_set():  # a second signal: stop now, wherever we are
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+    STOP.set()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m pieceboard.bench`; returns the exit code."""
     args = parse_args(argv)
+    # Ctrl-C, or a scheduler's SIGTERM (SLURM preemption, torchrun stopping the job), stops the benchmark at the
+    # next training step: finished runs are kept and the others are marked skipped. A second signal stops at once.
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # `nohup ... &` asked for Ctrl-C to be ignored
+        signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         results = run(args.file, output=args.output, overrides=args.overrides)
     except PieceboardError as exc:

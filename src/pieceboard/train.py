@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -73,6 +74,18 @@ class FitOutcome:
     precision: str
     channels_last: bool
     environment: dict[str, Any] = field(default_factory=dict)
+
+
+# Set by `pieceboard.bench`'s SIGINT/SIGTERM handler. Raising KeyboardInterrupt from inside a signal handler can land
+# in a finalizer or a torch callback, where it is swallowed or turned into another error; the loop checks this flag
+# between steps instead and stops at a clean point.
+STOP = threading.Event()
+
+
+def check_stop() -> None:
+    """Raise KeyboardInterrupt if a stop was requested."""
+    if STOP.is_set():
+        raise KeyboardInterrupt("stop requested")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -228,6 +241,7 @@ def evaluate(
     positions, predictions, losses = [], [], []
     with torch.no_grad(), accelerator.autocast():
         for images, labels, index in loader:
+            check_stop()
             logits = model(to_float(images, *mean_std, channels_last)).float()
             losses.append(F.cross_entropy(logits, labels, reduction="none"))
             predictions.append(logits.argmax(dim=1))
@@ -319,6 +333,7 @@ def fit(
         waited_from = epoch_start
         for step, (images, labels, _) in enumerate(train_loader):
             wait_s += time.perf_counter() - waited_from
+            check_stop()
             loss = train_step(
                 model, optimizer, accelerator, images, labels, mean_std, channels_last, s.augment, generator
             )
