@@ -28,6 +28,7 @@ import numpy as np
 
 from pieceboard import builtin
 from pieceboard._image import RESIZE_METHOD, ImageError, load_rgb
+from pieceboard._io import atomic_write_text
 from pieceboard.config import DataTable, PieceboardError
 
 CACHE_VERSION = 1
@@ -180,10 +181,12 @@ def make_manifest(data: DataTable, output: Path, progress: Callable[[str, int, i
                 warnings.warn(f"skipped: {error}", stacklevel=2)
             if progress and (i % 64 == 0 or i + 1 == len(files)):
                 progress("checking images", i + 1, len(files))
-    keep = [i for i, p in enumerate(rel_paths) if p not in set(bad)]
+    skipped = set(bad)
+    keep = [i for i, p in enumerate(rel_paths) if p not in skipped]
     paths = [rel_paths[i] for i in keep]
     class_names = sorted(set(classes))
-    labels = np.array([class_names.index(classes[i]) for i in keep], dtype=np.int64)
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = np.array([index[classes[i]] for i in keep], dtype=np.int64)
     counts = np.bincount(labels, minlength=len(class_names))
     if (counts < 2).any():
         name = class_names[int(np.argmin(counts))]
@@ -212,13 +215,13 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.
 def _write_manifest(output: Path, manifest: Manifest, settings: dict) -> None:
     output.mkdir(parents=True, exist_ok=True)
     meta = settings | {"class_names": manifest.class_names, "skipped": manifest.skipped}
-    _atomic_write(output / MANIFEST_META, json.dumps(meta, indent=2))
+    atomic_write_text(output / MANIFEST_META, json.dumps(meta, indent=2))
     rows = ["path,label,split"]
     lines = _csv_lines(
         (p, manifest.class_names[lab], "test" if t else "train")
         for p, lab, t in zip(manifest.paths, manifest.labels, manifest.is_test, strict=True)
     )
-    _atomic_write(output / MANIFEST, "\n".join(rows + lines) + "\n")
+    atomic_write_text(output / MANIFEST, "\n".join(rows + lines) + "\n")
 
 
 def _csv_lines(rows: Iterator[tuple]) -> list[str]:
@@ -254,21 +257,15 @@ def _read_manifest(output: Path, root: Path, settings: dict, rel_paths: list[str
             f"{len(removed)} removed, e.g. {example}); use another --output, or delete that folder to re-split"
         )
     names = meta["class_names"]
+    index = {name: i for i, name in enumerate(names)}
     return Manifest(
         root,
         names,
         [r["path"] for r in rows],
-        np.array([names.index(r["label"]) for r in rows], dtype=np.int64),
+        np.array([index[r["label"]] for r in rows], dtype=np.int64),
         np.array([r["split"] == "test" for r in rows]),
         meta["skipped"],
     )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # --- the decode-once cache -------------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ from typing import Any
 
 from rich.table import Table
 
+from pieceboard._io import atomic_write_text
 from pieceboard.metrics import mean_ci
-from pieceboard.results import RunResult, atomic_write_text, load_results
+from pieceboard.results import RunResult, load_results
 
 # (row key, header, format) in display order; the same names as result.json.
 COLUMNS: list[tuple[str, str, str]] = [
