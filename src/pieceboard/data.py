@@ -408,7 +408,8 @@ class BatchLoader:
         self.rank, self.world, self.device = rank, world, device
         # A reader thread overlaps host reads with GPU work; on a CPU it only takes cycles from the compute threads
         # (measured: the MLP step ran ~20% slower with it on 2 cores), so there batches are read in line.
-        self.prefetch = prefetch if prefetch is not None else getattr(device, "type", str(device)) == "cuda"
+        self.on_cuda = getattr(device, "type", str(device)) == "cuda"
+        self.prefetch = self.on_cuda if prefetch is None else prefetch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -443,7 +444,7 @@ class BatchLoader:
         positions = np.sort(positions)
         images = torch.from_numpy(np.ascontiguousarray(self.pixels[positions]))
         labels = torch.from_numpy(self.labels[positions])
-        if getattr(self.device, "type", str(self.device)) == "cuda":
+        if self.on_cuda:
             images = images.pin_memory()
         images = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         return images, labels.to(self.device, non_blocking=True), torch.from_numpy(positions)

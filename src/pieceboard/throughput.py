@@ -19,6 +19,7 @@ eval / timm eval, `stall_fraction` = time waiting for the next batch / training 
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import time
@@ -40,6 +41,7 @@ from pieceboard.train import (
     make_accelerator,
     optimizer_step,
     resolve_precision,
+    synchronize,
     train_step,
     use_channels_last,
 )
@@ -98,7 +100,7 @@ def _timed(
     warmup: int,
     seconds: float,
     min_steps: int,
-) -> tuple[float, float, int]:
+) -> tuple[float, float, float]:
     """Run warm-up steps, then time steps until both `seconds` and `min_steps` are reached.
 
     Returns:
@@ -123,17 +125,14 @@ def _timed(
     return images / elapsed, waited, elapsed
 
 
-def _forever(loader: BatchLoader) -> Iterator[Any]:
+def _forever(loader) -> Iterator[Any]:
+    """Epoch after epoch of a BatchLoader (reshuffled by epoch) or a DataLoader (reshuffled by itself)."""
     epoch = 0
     while True:
-        loader.set_epoch(epoch)
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
         yield from loader
         epoch += 1
-
-
-def _forever_dataloader(loader) -> Iterator[Any]:
-    while True:
-        yield from loader
 
 
 def measure_case(
@@ -177,9 +176,7 @@ def measure_case(
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    sync = functools.partial(synchronize, accelerator)
 
     def uint8_step(batch):
         return train_step(model, optimizer, accelerator, batch[0], batch[1], (mean, std), channels_last)
@@ -210,7 +207,7 @@ def measure_case(
     for n in workers:
         # The seed's DataLoader as it was written: default settings (workers restart every epoch, no pinning).
         dl = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=n)
-        rate, _, _ = _timed(_forever_dataloader(dl), float_step, sync, warmup, seconds, min_steps)
+        rate, _, _ = _timed(_forever(dl), float_step, sync, warmup, seconds, min_steps)
         del dl
         if rate > baseline:
             baseline, best_workers = rate, n

@@ -183,7 +183,8 @@ def _gflops(model: torch.nn.Module, image_size: int, device) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _sync(accelerator: Accelerator) -> None:
+def synchronize(accelerator: Accelerator) -> None:
+    """Wait for queued device work, so that wall-clock timings include it."""
     if accelerator.device.type == "cuda":
         torch.cuda.synchronize(accelerator.device)
 
@@ -361,7 +362,7 @@ def fit(
                     }
                 )
             waited_from = time.perf_counter()
-        _sync(accelerator)
+        synchronize(accelerator)
         epoch_train_s = time.perf_counter() - epoch_start
         train_s += epoch_train_s
         totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=loss_sum.device).double()]))
@@ -374,7 +375,7 @@ def fit(
         positions, predictions, losses = evaluate(
             model, test_loader, accelerator, mean_std, data.test_indices, channels_last
         )
-        _sync(accelerator)
+        synchronize(accelerator)
         eval_s += time.perf_counter() - eval_start
         scores = classification_metrics(predictions, data.labels[positions], num_classes, data.class_names)
         entry = {
