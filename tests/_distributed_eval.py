@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from pieceboard.data import BatchLoader
-from pieceboard.train import evaluate, make_accelerator
+from pieceboard.device import make_accelerator
+from pieceboard.train import evaluate
 
 accelerator = make_accelerator("no")
 world, batch = accelerator.num_processes, 4

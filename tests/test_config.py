@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pieceboard.config import Cell, ConfigError, PieceboardError, TrainSettings, load_config
+from pieceboard.config import Cell, ConfigError, TrainSettings, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = sorted((REPO / "benchmarks").glob("*.toml"))
@@ -99,9 +99,13 @@ def _minimal_dict() -> dict[str, Any]:
 # --- loading and defaults -------------------------------------------------------------------------------------
 
 
-def test_error_hierarchy() -> None:
-    assert issubclass(ConfigError, PieceboardError)
-    assert issubclass(PieceboardError, Exception)
+def test_a_config_error_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pieceboard.bench import main
+
+    path = _write(tmp_path, MINIMAL.replace("[data]", "[data]\nbogus = 1"))
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown key 'bogus'" in err and "Traceback" not in err
 
 
 def test_minimal_file_loads_with_defaults(tmp_path: Path) -> None:

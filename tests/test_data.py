@@ -27,7 +27,8 @@ from pieceboard.data import (
 
 
 def test_scan_labels_are_sorted_class_folders(image_folder):
-    paths, classes = scan_folder(image_folder)
+    scan = scan_folder(image_folder)
+    paths, classes = scan.paths, scan.classes
     assert len(paths) == 36
     assert sorted(set(classes)) == ["class_a", "class_b", "class_c"]
     assert all(p.split("/")[0] == c for p, c in zip(paths, classes, strict=True))
@@ -39,7 +40,8 @@ def test_scan_merges_split_folders_and_nested_images(tmp_path):
     nested = tmp_path / "d" / "train" / "class_a" / "deeper"
     nested.mkdir()
     Image.new("RGB", (5, 5)).save(nested / "x.png")
-    paths, classes = scan_folder(tmp_path / "d")
+    scan = scan_folder(tmp_path / "d")
+    paths, classes = scan.paths, scan.classes
     assert len(paths) == 11
     assert set(classes) == {"class_a", "class_b"}
     assert classes[paths.index("train/class_a/deeper/x.png")] == "class_a"
@@ -75,7 +77,8 @@ def test_manifest_skips_undecodable_files_and_writes_csv(tmp_path, image_folder)
     (image_folder / "class_b" / "truncated.png").write_bytes(good.read_bytes()[:60])
     with pytest.warns(UserWarning, match="empty.png"):
         manifest = make_manifest(DataTable(path=str(image_folder), test_fraction=0.25), tmp_path / "out")
-    assert sorted(manifest.skipped) == ["class_a/empty.png", "class_b/truncated.png"]
+    assert sorted(s["path"] for s in manifest.skipped) == ["class_a/empty.png", "class_b/truncated.png"]
+    assert all("cannot decode image" in s["reason"] for s in manifest.skipped)
     assert len(manifest.paths) == 36
     with open(tmp_path / "out" / "manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -111,8 +114,7 @@ def test_manifest_is_reused_and_guards_changes(tmp_path, image_folder):
 
 
 def test_cache_equals_uncached_pixels(image_folder, tmp_path):
-    paths, _ = scan_folder(image_folder)
-    files = [image_folder / p for p in paths]
+    files = [image_folder / p for p in scan_folder(image_folder).paths]
     pixels = build_cache(files, 16, root=tmp_path / "cache", workers=2)
     assert pixels.shape == (36, 16, 16, 3) and pixels.dtype == np.uint8
     for i, path in enumerate(files):
@@ -120,10 +122,9 @@ def test_cache_equals_uncached_pixels(image_folder, tmp_path):
 
 
 def test_cache_rebuilds_only_when_content_changes(image_folder, tmp_path):
-    paths, _ = scan_folder(image_folder)
-    files = [image_folder / p for p in paths]
+    files = [image_folder / p for p in scan_folder(image_folder).paths]
     first = build_cache(files, 16, root=tmp_path / "cache")
-    marker = os.path.join(os.path.dirname(first.filename), "complete")
+    marker = os.path.join(os.path.dirname(first.filename), ".complete")
     stamp = os.stat(marker).st_mtime_ns
     os.utime(files[0])  # touched but unchanged: same content, same cache
     again = build_cache(files, 16, root=tmp_path / "cache")
@@ -214,7 +215,8 @@ def test_scan_keeps_split_named_subfolders_and_symlinks_inside_classes(tmp_path)
     (root / "class_a" / "test").mkdir()
     Image.new("RGB", (5, 5)).save(root / "class_a" / "test" / "x.png")
     os.symlink(root / "class_b" / "img_000.png", root / "class_b" / "link.png")
-    paths, classes = scan_folder(root)
+    scan = scan_folder(root)
+    paths, classes = scan.paths, scan.classes
     assert "class_a/test/x.png" in paths and "class_b/link.png" in paths and len(paths) == 8
     assert classes[paths.index("class_a/test/x.png")] == "class_a"
 
@@ -230,7 +232,7 @@ def test_scan_names_archives_and_links_leaving_the_folder(tmp_path):
     (root / "class_a" / "more.zip").unlink()
     Image.new("RGB", (5, 5)).save(tmp_path / "elsewhere.png")
     os.symlink(tmp_path / "elsewhere.png", root / "class_b" / "out.png")
-    paths, _ = scan_folder(root)  # a link is listed where it sits, not where it points
+    paths = scan_folder(root).paths  # a link is listed where it sits, not where it points
     assert "class_b/out.png" in paths
 
 

@@ -28,8 +28,14 @@ def _over_white(colour: tuple[int, int, int], alpha: int) -> np.ndarray:
     return np.array([c * alpha / 255 + 255 * (1 - alpha / 255) for c in colour])
 
 
-def test_resize_method_names_the_resizing():
+def test_resize_squashes_with_bilinear_as_its_name_says(tmp_path):
+    # RESIZE_METHOD is part of the cache key: it must describe what load_rgb really does.
     assert RESIZE_METHOD == "squash-bilinear"
+    rng = np.random.default_rng(0)
+    wide = Image.fromarray(rng.integers(0, 256, size=(10, 30, 3), dtype=np.uint8))
+    wide.save(tmp_path / "wide.png")
+    expected = np.asarray(wide.resize((12, 12), Image.Resampling.BILINEAR))  # whole picture, aspect ignored
+    assert np.array_equal(load_rgb(tmp_path / "wide.png", 12), expected)
 
 
 def test_rgb_png_round_trips_and_resizes(tmp_path):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,11 +141,33 @@ def test_metric_writes_no_cache_files(tmp_path) -> None:
     assert not cache_dir.exists()
 
 
-def test_works_offline_in_process(monkeypatch) -> None:
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_EVALUATE_OFFLINE"):
-        monkeypatch.setenv(name, "1")
-    result = classification_metrics([0, 1, 1], [0, 1, 0], num_classes=2)
-    assert result["accuracy"] == pytest.approx(2 / 3)
+def test_works_with_packages_outside_site_packages(tmp_path) -> None:
+    # `pip install --target DIR` (or a zipapp) puts pyarrow in a folder not named site-packages; dill, which
+    # datasets uses for fingerprints, then pickles pyarrow's modules by value and used to fail every metric.
+    import datasets as datasets_package
+
+    def link_or_copy(source: str, target: str) -> None:
+        try:  # hard links: cheap, and unlike symlinks their path is not resolved back into site-packages
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+
+    lib = tmp_path / "lib"
+    site = Path(datasets_package.__file__).parents[1]
+    shutil.copytree(site / "pyarrow", lib / "pyarrow", copy_function=link_or_copy)
+    script = textwrap.dedent(
+        """
+        import json, pyarrow
+        from pieceboard.metrics import classification_metrics
+        print(json.dumps([pyarrow.__file__, classification_metrics([0, 1, 1], [0, 1, 0], num_classes=2)["accuracy"]]))
+        """
+    )
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(lib), os.environ.get("PYTHONPATH", "")])}
+    completed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    where, accuracy = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert where.startswith(str(lib)) and "site-packages" not in where
+    assert accuracy == pytest.approx(2 / 3)
 
 
 def test_works_offline_in_fresh_interpreter(tmp_path) -> None:

@@ -20,19 +20,17 @@ import torch
 from torch import nn
 
 import pieceboard
-from pieceboard.config import MLP_NAME, PieceboardError
+from pieceboard.config import MLP_NAME, PieceboardError, unknown_model
+from pieceboard.device import is_convnet
 from pieceboard.models import (
     MLP_WIDTHS,
     PieceboardMLP,
     WeightsError,
     build_model,
     count_parameters,
-    is_convnet,
-    known_model,
     normalization,
     resolve_weights,
     set_train_mode,
-    similar_models,
 )
 
 NUM_CLASSES = 7
@@ -132,7 +130,6 @@ def test_mlp_has_six_linear_layers_with_relu_between():
         (128, 64),
         (64, NUM_CLASSES),
     ]
-    assert MLP_WIDTHS == (1024, 512, 256, 128, 64)
     assert model.get_classifier() is linears[-1]
     assert model.num_classes == NUM_CLASSES
 
@@ -448,14 +445,12 @@ def test_pickle_with_arbitrary_objects_is_not_unpickled(payload, tmp_path):
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def test_similar_and_known_models():
-    assert "resnet18" in similar_models("resnet81")
-    assert MLP_NAME in similar_models("pieceboard_mpl")
-    assert len(similar_models("resnet81", n=2)) == 2
-    assert similar_models("zzzzzzzzzzzz") == []
-    assert known_model("resnet18")
-    assert known_model(MLP_NAME)
-    assert not known_model("nope_net")
+def test_unknown_model_names_the_nearest_ones():
+    assert "resnet18" in unknown_model("resnet81")
+    assert MLP_NAME in unknown_model("pieceboard_mpl")
+    assert unknown_model("zzzzzzzzzzzz") == "unknown model 'zzzzzzzzzzzz'"
+    assert unknown_model("resnet18") is None and unknown_model("resnet18.a1_in1k") is None
+    assert unknown_model(MLP_NAME) is None and unknown_model(f"{MLP_NAME}.tag") is None
 
 
 def test_count_parameters_exact():

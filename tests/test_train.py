@@ -1,4 +1,4 @@
-"""train.py: precision and layout rules, the training step, exact evaluation, divergence."""
+"""train.py: the training loop, exact evaluation, divergence."""
 
 from __future__ import annotations
 
@@ -8,53 +8,8 @@ import torch
 
 from pieceboard.config import Cell, PieceboardError, TrainSettings
 from pieceboard.data import BatchLoader
-from pieceboard.models import build_model
-from pieceboard.train import (
-    NonFiniteLoss,
-    RunData,
-    cpu_has_bf16,
-    evaluate,
-    fit,
-    make_accelerator,
-    resolve_precision,
-    use_channels_last,
-)
-
-
-@pytest.mark.parametrize(
-    "requested, device, depthwise, launched, expected",
-    [
-        ("no", "cpu", False, "bf16", "no"),
-        ("bf16", "cpu", True, None, "bf16"),
-        ("auto", "cpu", False, "bf16", "bf16"),
-        ("auto", "cpu", True, "fp16", "error"),  # launched with fp16 on a CPU: refused like an explicit fp16
-        ("auto", "cpu", True, None, "no"),
-        ("fp16", "cpu", False, None, "error"),
-    ],
-)
-def test_resolve_precision(monkeypatch, requested, device, depthwise, launched, expected):
-    if launched:
-        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
-    else:
-        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    if expected == "error":
-        with pytest.raises(PieceboardError, match="needs a GPU"):
-            resolve_precision(requested, device, depthwise)
-    else:
-        assert resolve_precision(requested, device, depthwise) == expected
-
-
-def test_auto_on_this_cpu_follows_its_bf16_support(monkeypatch):
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` sets by default
-    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_bf16() else "no")
-
-
-def test_channels_last_rule():
-    mlp = build_model("pieceboard_mlp", "scratch", 3, 8, None)
-    resnet = build_model("resnet18", "scratch", 3, 8, None)
-    assert not use_channels_last(mlp, "auto") and not use_channels_last(mlp, True)
-    assert use_channels_last(resnet, "auto") and use_channels_last(resnet, True)
-    assert not use_channels_last(resnet, False)
+from pieceboard.device import make_accelerator
+from pieceboard.train import NonFiniteLoss, RunData, evaluate, fit
 
 
 def _data(n=40, size=8, classes=3):

@@ -5,12 +5,15 @@ results = pieceboard.run("benchmarks/demo.toml", output="results/demo", override
 print(pieceboard.Leaderboard.from_dir("results/demo").to_markdown())
 """
 
+from importlib.metadata import version
+
 from pieceboard import models as _models  # noqa: F401  (registers pieceboard_mlp in timm's registry)
-from pieceboard.config import Cell, Config, ConfigError, PieceboardError, load_config
+from pieceboard._console import PieceboardError
+from pieceboard.config import Cell, Config, ConfigError, load_config
 from pieceboard.leaderboard import Leaderboard
 from pieceboard.results import RunResult, load_results
 
-__version__ = "0.1.0"
+__version__ = version("pieceboard")
 
 
 def __getattr__(name: str):

@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import functools
 import hashlib
-import signal
 import sys
 import time
 import traceback
@@ -26,87 +25,16 @@ import numpy as np
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pieceboard.config import Cell, Config, PieceboardError, load_config
+from pieceboard._console import Display, PieceboardError, check_stop, install_stop_handlers, print_error, wide_console
+from pieceboard.config import Cell, Config, load_config
 from pieceboard.data import MANIFEST, Manifest, build_cache, cache_root, channel_stats, make_manifest
+from pieceboard.device import device_type, make_accelerator, resolve_precision
 from pieceboard.leaderboard import Leaderboard
-from pieceboard.models import resolve_weights, uses_depthwise_conv
+from pieceboard.models import probe, resolve_weights
 from pieceboard.results import RESULT, RunResult, finished, run_dir, save_result
 from pieceboard.tracking import Tracker, resolve_mode
-from pieceboard.train import (
-    STOP,
-    NonFiniteLoss,
-    RunData,
-    check_stop,
-    device_type,
-    fit,
-    make_accelerator,
-    resolve_precision,
-)
-
-
-class Display:
-    """The live view on the main process: the matrix, the current run and epoch, live loss and accuracy."""
-
-    def __init__(self, console: Console, total: int, enabled: bool):
-        self.console, self.enabled = console, enabled
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        self.progress = Progress(*columns, console=console, disable=not enabled, transient=True)
-        self.matrix = self.progress.add_task("matrix", total=total)
-        self.run = self.progress.add_task("", total=1, visible=False)
-        self.last: dict[str, Any] = {}
-
-    def __enter__(self) -> Display:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def note(self, text: str) -> None:
-        """A line that stays above the live view."""
-        if self.enabled:
-            self.console.print(text, highlight=False)
-
-    def stage(self, what: str, done: int, total: int) -> None:
-        """Progress of a data stage (checking images, caching)."""
-        self.progress.update(self.run, description=what, completed=done, total=total, visible=True)
-
-    def start_run(self, cell: Cell) -> None:
-        """A new cell begins."""
-        self.cell = cell
-        self.last = {}
-        self.progress.update(self.run, description=cell.id, completed=0, total=1, visible=True)
-
-    def event(self, event: dict[str, Any]) -> None:
-        """Train-loss and epoch events from `train.fit`."""
-        epochs = self.cell.settings.epochs
-        if event["event"] == "train":
-            self.last["loss"] = event["train/loss"]
-            done = event["epoch"] * event["steps"] + event["step"] + 1
-            total = epochs * event["steps"]
-        else:
-            self.last["acc"] = event["accuracy"]
-            done = total = None
-        text = f"{self.cell.id} epoch {event['epoch'] + (event['event'] == 'train')}/{epochs}"
-        if "loss" in self.last:
-            text += f" loss {self.last['loss']:.3f}"
-        if "acc" in self.last:
-            text += f" acc {self.last['acc']:.3f}"
-        self.progress.update(self.run, description=text, completed=done, total=total)
-
-    def end_run(self, result: RunResult) -> None:
-        """A cell finished: one line that survives in logs."""
-        self.progress.advance(self.matrix)
-        if result.status == "completed":
-            m = result.metrics
-            self.note(
-                f"[green]done[/green] {result.id}: acc {m['accuracy']:.4f} F1 {m['f1_macro']:.4f} "
-                f"in {result.train_s:.1f}s ({result.train_img_s:.0f} img/s)"
-            )
-        else:
-            self.note(f"[red]{result.status}[/red] {result.id}: {result.error}")
+from pieceboard.train import NonFiniteLoss, RunData, fit
 
 
 def _run_data(manifest: Manifest, pixels: np.ndarray, cache_s: float, need_stats: bool) -> RunData:
@@ -114,12 +42,6 @@ def _run_data(manifest: Manifest, pixels: np.ndarray, cache_s: float, need_stats
     # Only scratch runs normalise with the dataset's statistics; pretrained ones use their backbone's config.
     stats = channel_stats(pixels, train) if need_stats else None
     return RunData(pixels, manifest.labels, train, manifest.test_indices, manifest.class_names, stats, cache_s)
-
-
-def wide_console(stderr: bool = False) -> Console:
-    """A console that does not squeeze the leaderboard into 80 columns when output goes to a file or pipe."""
-    console = Console(stderr=stderr)
-    return console if console.is_terminal else Console(stderr=stderr, width=240)
 
 
 def _main_first(state: PartialState, work: Callable[[], Any]) -> Any:
@@ -160,8 +82,10 @@ def _preflight(config: Config, processes: int) -> tuple[dict[str, str | None], d
             )
         try:
             weights[cell.id] = resolve_weights(cell.model, cell.mode, cell.weights)
-            depthwise = device == "cpu" and cell.settings.precision == "auto" and uses_depthwise_conv(cell.model)
-            precisions[cell.id] = resolve_precision(cell.settings.precision, device, depthwise)
+            traits = probe(cell.model, cell.settings.image_size)
+            precisions[cell.id] = resolve_precision(
+                cell.settings.precision, device, traits.depthwise, traits.strided_conv_on_one_pixel
+            )
         except PieceboardError as exc:
             raise PieceboardError(f"{config.path or '<config>'}: [[runs]] '{cell.run}': {exc}") from None
     return weights, precisions
@@ -224,8 +148,7 @@ def run(
                 stored = finished(output, cell.id, stored_config)
                 if stored is not None:
                     results.append(stored)
-                    display.note(f"[dim]kept[/dim] {cell.id} (completed earlier)")
-                    display.progress.advance(display.matrix)
+                    display.skip(f"[dim]kept[/dim] {cell.id} (completed earlier)")
                     continue
                 size = cell.settings.image_size
                 if size not in caches:
@@ -345,25 +268,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def print_error(exc: BaseException) -> None:
-    """One plain line on stderr (no markup: `[defaults]` in a message is text, not a style)."""
-    Console(stderr=True).print(f"pieceboard: error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
-
-
-def _stop(signum: int, frame: object) -> None:
-    if STOP.is_set():  # a second signal: stop now, wherever we are
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-    STOP.set()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m pieceboard.bench`; returns the exit code."""
     args = parse_args(argv)
-    # Ctrl-C, or a scheduler's SIGTERM (SLURM preemption, torchrun stopping the job), stops the benchmark at the
-    # next training step: finished runs are kept and the others are marked skipped. A second signal stops at once.
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # `nohup ... &` asked for Ctrl-C to be ignored
-        signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    # Finished runs are kept and the others are marked skipped; a rerun does the rest.
+    install_stop_handlers()
     try:
         results = run(args.file, output=args.output, overrides=args.overrides)
     except PieceboardError as exc:

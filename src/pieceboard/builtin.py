@@ -8,21 +8,19 @@ a plain folder of PNGs, the built-in datasets go through exactly the same loadin
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from pieceboard._io import is_complete, staged_folder
+
 __all__ = ["BUILTINS", "PREFIX", "cache_root", "is_builtin", "materialize", "resolve"]
 
 PREFIX = "builtin:"
 # Bump when a writer's output changes, so that old trees in users' caches are not reused.
 _VERSION = "v1"
-# Written last, inside the temporary tree: its presence means the tree is whole. Hidden, so imagefolder skips it.
-_COMPLETE_MARKER = ".complete"
 
 _DIGITS_SIZE = 32
 _DIGITS_MAX_ANGLE = 30.0
@@ -75,9 +73,8 @@ def cache_root() -> Path:
 def materialize(name: str, root: Path | None = None) -> Path:
     """Return the folder of a built-in dataset, writing it first if it is not there yet.
 
-    The tree is written into a temporary directory beside the target and renamed into place, so an interrupted build
-    never leaves a partial dataset behind, and concurrent builds are safe: the first rename wins and the others
-    discard their copy.
+    The tree is built in a staged folder (`pieceboard._io.staged_folder`), so an interrupted build never leaves a
+    partial dataset behind and concurrent builds are safe.
 
     Args:
         name: A key of `BUILTINS`, e.g. ``"digits"``.
@@ -92,27 +89,10 @@ def materialize(name: str, root: Path | None = None) -> Path:
     if name not in BUILTINS:
         known = ", ".join(sorted(BUILTINS))
         raise ValueError(f"unknown built-in dataset {name!r}; known: {known}")
-    parent = (cache_root() if root is None else Path(root)) / "builtin"
-    target = parent / f"{name}-{_VERSION}"
-    if _is_complete(target):
-        return target
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-    try:
-        BUILTINS[name](staging)
-        (staging / _COMPLETE_MARKER).write_text(f"pieceboard {PREFIX}{name} {_VERSION}\n", encoding="utf-8")
-        if target.exists() and not _is_complete(target):
-            # Not written by us (we only ever rename whole trees into place), so it cannot be trusted.
-            shutil.rmtree(target)
-        try:
-            os.replace(staging, target)
-        except OSError:
-            # Another process renamed its finished tree into place first; theirs is as good as ours.
-            if not _is_complete(target):
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    target = (cache_root() if root is None else Path(root)) / "builtin" / f"{name}-{_VERSION}"
+    if not is_complete(target):
+        with staged_folder(target, note=f"pieceboard {PREFIX}{name} {_VERSION}\n") as staging:
+            BUILTINS[name](staging)
     return target
 
 
@@ -143,7 +123,3 @@ def resolve(spec: str) -> Path:
     if is_builtin(spec):
         return materialize(spec[len(PREFIX) :])
     return Path(spec).expanduser()
-
-
-def _is_complete(tree: Path) -> bool:
-    return (tree / _COMPLETE_MARKER).is_file()

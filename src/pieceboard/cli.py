@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pieceboard.config import PieceboardError
+from pieceboard._console import PieceboardError
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
@@ -23,7 +23,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
         raise PieceboardError(f"{output}: no {RUNS}/ folder here; point at a benchmark's output folder")
     board = Leaderboard.from_dir(output)
     if args.format == "table":
-        from pieceboard.bench import wide_console
+        from pieceboard._console import wide_console
 
         console = wide_console()
         console.print(board.table(title=str(output)))
@@ -69,14 +69,14 @@ def _parse_case(text: str) -> tuple[str, int]:
 
 def _throughput(args: argparse.Namespace) -> int:
     from pieceboard import builtin
-    from pieceboard.bench import wide_console
-    from pieceboard.models import known_model
+    from pieceboard._console import wide_console
+    from pieceboard.config import unknown_model
     from pieceboard.throughput import DEFAULT_CASES, FULL_CASES, generate_folder, run_throughput, save_report, table
 
     cases = args.case or (DEFAULT_CASES + (FULL_CASES if args.full else []))
     for model, _ in cases:
-        if not known_model(model):
-            raise PieceboardError(f"--case: unknown model {model!r}")
+        if problem := unknown_model(model):
+            raise PieceboardError(f"--case: {problem}")
     if args.batch_size < 2 or (not args.data and args.images < args.batch_size):
         raise PieceboardError(f"--batch-size {args.batch_size}: must be 2 or more and at most --images ({args.images})")
     if args.data:
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except PieceboardError as exc:
-        from pieceboard.bench import print_error
+        from pieceboard._console import print_error
 
         print_error(exc)
         return 2

@@ -26,12 +26,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from pieceboard._console import PieceboardError
+
 MLP_NAME = "pieceboard_mlp"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-
-
-class PieceboardError(Exception):
-    """The user's input is wrong: shown as one message, exit code 2, no traceback."""
 
 
 class ConfigError(PieceboardError):
@@ -290,9 +288,24 @@ def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields) if model else []
 
 
-def _check_runs(config: Config, where: str) -> None:
-    from pieceboard.models import known_model, similar_models  # timm import is slow: only when validating
+def is_mlp(model_name: str) -> bool:
+    """Whether a model name (with or without a `.tag`) is pieceboard's MLP."""
+    import timm.models
 
+    return timm.models.get_arch_name(model_name) == MLP_NAME
+
+
+def unknown_model(name: str) -> str | None:
+    """None if timm (or pieceboard, for its MLP) can build `name`; otherwise the error, with the nearest names."""
+    import timm  # slow to import: only when validating
+
+    if is_mlp(name) or timm.is_model(name):
+        return None
+    near = difflib.get_close_matches(name, sorted({*timm.list_models(), MLP_NAME}), n=5, cutoff=0.6)
+    return f"unknown model '{name}'" + (f"; nearest timm names: {', '.join(near)}" if near else "")
+
+
+def _check_runs(config: Config, where: str) -> None:
     if not SAFE_NAME.fullmatch(config.benchmark.name):
         raise ConfigError(
             f"{where}: [benchmark]: key 'name': must be one safe path component (letters, digits, . _ + -), "
@@ -309,10 +322,8 @@ def _check_runs(config: Config, where: str) -> None:
         if run.name in seen:
             raise ConfigError(f"{table}: key 'name': duplicate run name; every run needs its own")
         seen.add(run.name)
-        if not known_model(run.model):
-            near = similar_models(run.model)
-            hint = f"; nearest timm names: {', '.join(near)}" if near else ""
-            raise ConfigError(f"{table}: key 'model': unknown model '{run.model}'{hint}")
+        if problem := unknown_model(run.model):
+            raise ConfigError(f"{table}: key 'model': {problem}")
         if run.weights is not None and run.mode == "scratch":
             raise ConfigError(f"{table}: key 'weights': a scratch run starts from random weights; remove it")
         for axis in config.matrix:

@@ -11,34 +11,55 @@ out of the memory-mapped cache, so decoding never runs in the training loop.
 from __future__ import annotations
 
 import csv
+import ctypes
 import functools
 import hashlib
+import io
 import json
 import logging
+import multiprocessing
 import os
 import shutil
-import tempfile
+import signal
 import warnings
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pieceboard import builtin
+from pieceboard._console import check_stop
 from pieceboard._image import RESIZE_METHOD, ImageError, load_rgb
-from pieceboard._io import atomic_write_text
+from pieceboard._io import StorageError, atomic_write_text, is_complete, staged_folder, storage_errors
 from pieceboard.config import DataTable, PieceboardError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 SPLIT_FOLDERS = {"train", "training", "test", "testing", "valid", "validation", "val", "eval", "dev"}
+ARCHIVES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".7z", ".rar")
 MANIFEST = "manifest.csv"
 MANIFEST_META = "manifest.json"
+CHECK_SIZE = 8  # images are decoded completely to check them; the resize after that only has to be cheap
+DECODE_CHUNK = 32  # images per task of a decoding process: large enough to amortise the hand-over, small to stop fast
+DISK_MARGIN = 64 << 20  # bytes kept free beyond a cache's size, for the file system and everything else
+
+Progress = Callable[[str, int, int], None]
 
 
 class DataError(PieceboardError):
     """The data folder cannot be used as asked; the message names the folder or image."""
+
+
+@dataclass
+class Scan:
+    """What a folder holds: its images with their class folders, and what was left out and why."""
+
+    root: Path
+    paths: list[str]  # images, relative to root, posix separators, sorted
+    classes: list[str]  # class folder of each image
+    ignored: list[str] = field(default_factory=list)  # files that are not images
+    unreadable_names: list[str] = field(default_factory=list)  # names that are not valid UTF-8, as repr()
 
 
 @dataclass
@@ -50,7 +71,9 @@ class Manifest:
     paths: list[str]  # relative to root, posix separators
     labels: np.ndarray  # int64 class index per image
     is_test: np.ndarray  # bool per image
-    skipped: list[str]  # images that could not be decoded, relative to root
+    skipped: list[dict[str, str]]  # {"path", "reason"} for files that were left out
+    digests: list[str] = field(default_factory=list)  # content digest per image, hex
+    ignored: int = 0  # files in the folder that are not images
 
     def files(self) -> list[Path]:
         """Absolute paths, in manifest order."""
@@ -67,49 +90,70 @@ class Manifest:
         return np.flatnonzero(self.is_test)
 
 
-def _quiet_datasets() -> None:
-    import datasets
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+# --- scanning ----------------------------------------------------------------------------------------------------
 
 
-def scan_folder(root: Path) -> tuple[list[str], list[str]]:
-    """List the images of a class-folder tree with datasets' imagefolder.
+def _image_extensions() -> set[str]:
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    return {ext.lower() for ext in ImageFolder.EXTENSIONS}
+
+
+def _list_files(root: Path) -> list[str]:
+    """Every file under root as datasets lists a data folder: hidden files and `__*` folders left out."""
+    from datasets.data_files import resolve_pattern
+
+    try:
+        return resolve_pattern(str(root / "**"), str(root))
+    except FileNotFoundError:
+        return []
+
+
+def scan_folder(root: Path) -> Scan:
+    """List the images of a class-folder tree, with datasets' listing rules and imagefolder's image extensions.
+
+    The label is the top-level folder (imagefolder's own inference silently drops labels when depths differ);
+    top-level train/ test/ folders are merged, and a `test/` folder deeper down is an ordinary folder.
 
     Args:
-        root: A folder holding one folder per class (optionally inside train/ test/ split folders, merged).
+        root: A folder holding one folder per class (optionally inside train/ test/ split folders).
 
     Returns:
-        Paths relative to root and their class names (the class folder of each image).
+        The images and their classes, plus the files left out.
 
     Raises:
-        DataError: The folder is missing, has loose images, fewer than two classes, or an empty class.
+        DataError: The folder is missing, has loose images or archives, fewer than two classes, or an empty class.
     """
-    import datasets
-
     if not root.is_dir():
         raise DataError(f"data.path: {root} is not a folder")
-    _quiet_datasets()
-    # imagefolder finds the image files (its extension list; hidden files and __* folders skipped). An explicit
-    # pattern keeps it from reading a `test/` folder anywhere in the tree as a split, and the labels are ours: the
-    # top-level folder, since its own inference silently drops labels when depths differ.
-    try:
-        found = datasets.load_dataset(
-            "imagefolder", data_files={"train": [str(root / "**")]}, drop_labels=True, drop_metadata=True
-        )
-    except (FileNotFoundError, ValueError) as exc:
-        raise DataError(f"data.path: {root}: no images found ({exc})") from None
-    rel_paths: list[str] = []
-    for item in found["train"].cast_column("image", datasets.Image(decode=False))["image"]:
-        path = item["path"]
-        if "::" in path:
-            raise DataError(f"data.path: {path.split('::')[-1]} is an archive; extract it into class folders first")
-        rel = os.path.relpath(path, root)
+    extensions = _image_extensions()
+    scan = Scan(root, [], [])
+    for path in _list_files(root):
+        rel = Path(os.path.relpath(path, root)).as_posix()
         if rel.startswith(".."):
             raise DataError(f"data.path: {path} is outside {root}")
-        rel_paths.append(Path(rel).as_posix())
-    rel_paths.sort()
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:  # os.fsdecode kept undecodable bytes as surrogates
+            scan.unreadable_names.append(repr(rel))
+            continue
+        suffix = os.path.splitext(rel)[1].lower()
+        if suffix in extensions:
+            scan.paths.append(rel)
+        elif rel.lower().endswith(ARCHIVES):
+            raise DataError(f"data.path: {root / rel} is an archive; extract it into class folders first")
+        else:
+            scan.ignored.append(rel)
+    scan.paths.sort()
+    for name in scan.unreadable_names:
+        warnings.warn(f"skipped: {root}/{name}: the file name is not valid UTF-8; rename it", stacklevel=2)
+    if not scan.paths:
+        raise DataError(f"data.path: {root}: no images found")
+    scan.classes = _class_of_each(root, scan.paths)
+    return scan
+
+
+def _class_of_each(root: Path, rel_paths: list[str]) -> list[str]:
     merge_splits = {p.split("/")[0].lower() for p in rel_paths} <= SPLIT_FOLDERS
     classes = []
     for rel in rel_paths:
@@ -117,13 +161,13 @@ def scan_folder(root: Path) -> tuple[list[str], list[str]]:
         if len(parts) < 2:
             raise DataError(f"data.path: image {root / rel} is not inside a class folder; put each class in its own")
         classes.append(parts[0])
-    class_dirs = sorted({c for c in classes})
-    empty = _empty_class_dirs(root, set(class_dirs), merge_splits)
+    class_dirs = set(classes)
+    empty = _empty_class_dirs(root, class_dirs, merge_splits)
     if empty:
         raise DataError(f"data.path: class folder {empty[0]} holds no images")
     if len(class_dirs) < 2:
         raise DataError(f"data.path: {root} has {len(class_dirs)} class folder(s); a classifier needs at least two")
-    return rel_paths, classes
+    return classes
 
 
 def _empty_class_dirs(root: Path, classes: set[str], merge_splits: bool) -> list[Path]:
@@ -137,19 +181,56 @@ def _empty_class_dirs(root: Path, classes: set[str], merge_splits: bool) -> list
     return empty
 
 
-def _check_image(path: str) -> str | None:
+# --- content digests ---------------------------------------------------------------------------------------------
+
+
+def file_digest(path: Path) -> str:
+    """blake2b of a file's bytes (hex, 32 characters)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digests(root: Path, paths: list[str], known: dict[str, list] | None = None) -> dict[str, list]:
+    """`{path: [size, mtime_ns, digest]}` for every file; a file whose size and mtime match `known` is not re-read.
+
+    Reading every byte of 12k images costs seconds at each start; an edit in place changes the mtime, so a match
+    on both is taken as unchanged content (the same rule as make and rsync).
+    """
+    known = known or {}
+    out = {}
+    for rel in paths:
+        stat = (root / rel).stat()
+        previous = known.get(rel)
+        if previous and previous[0] == stat.st_size and previous[1] == stat.st_mtime_ns:
+            out[rel] = previous
+        else:
+            out[rel] = [stat.st_size, stat.st_mtime_ns, file_digest(root / rel)]
+    return out
+
+
+def fingerprint(digests: Iterable[str], image_size: int) -> str:
+    """A cache key that changes when any file's content, the file list, the size or the resize method change."""
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{RESIZE_METHOD}|{image_size}".encode())
+    for item in digests:
+        digest.update(item.encode())
+    return digest.hexdigest()[:32]
+
+
+# --- the manifest and the split ----------------------------------------------------------------------------------
+
+
+def resolve_root(data: DataTable) -> Path:
+    """The folder behind `[data] path` (materialising a builtin: dataset)."""
     try:
-        load_rgb(path, 8)
-    except ImageError as exc:
-        return str(exc)
-    return None
+        return builtin.resolve(data.path).resolve()
+    except ValueError as exc:  # an unknown builtin:<name>
+        raise DataError(f"data.path: {exc}") from None
 
 
-def _pool(workers: int | None) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1)
-
-
-def make_manifest(data: DataTable, output: Path, progress: Callable[[str, int, int], None] | None = None) -> Manifest:
+def make_manifest(data: DataTable, output: Path, progress: Progress | None = None) -> Manifest:
     """Scan, check and split the folder once; later calls reuse OUTPUT/manifest.csv.
 
     Args:
@@ -161,40 +242,41 @@ def make_manifest(data: DataTable, output: Path, progress: Callable[[str, int, i
         The manifest every run of the benchmark shares.
 
     Raises:
-        DataError: A problem with the folder, or a rerun whose folder or split settings changed.
+        DataError: A problem with the folder, or a rerun whose folder, split settings or images changed.
     """
-    try:
-        root = builtin.resolve(data.path).resolve()
-    except ValueError as exc:  # an unknown builtin:<name>
-        raise DataError(f"data.path: {exc}") from None
+    root = resolve_root(data)
     settings = {"path": str(root), "test_fraction": data.test_fraction, "split_seed": data.split_seed}
-    rel_paths, classes = scan_folder(root)
-    existing = _read_manifest(output, root, settings, rel_paths)
-    if existing is not None:
-        return existing
-    files = [str(root / p) for p in rel_paths]
-    bad: list[str] = []
-    with _pool(None) as pool:
-        for i, error in enumerate(pool.map(_check_image, files, chunksize=32)):
-            if error:
-                bad.append(rel_paths[i])
-                warnings.warn(f"skipped: {error}", stacklevel=2)
-            if progress and (i % 64 == 0 or i + 1 == len(files)):
-                progress("checking images", i + 1, len(files))
-    skipped = set(bad)
-    keep = [i for i, p in enumerate(rel_paths) if p not in skipped]
-    paths = [rel_paths[i] for i in keep]
-    class_names = sorted(set(classes))
+    scan = scan_folder(root)
+    meta = _read_meta(output)
+    if meta is not None:
+        return _reuse_manifest(output, meta, settings, scan)
+    digests = file_digests(root, scan.paths)
+    errors = check_images([root / p for p in scan.paths], progress)
+    for _, reason in sorted(errors.items()):
+        warnings.warn(f"skipped: {reason}", stacklevel=2)
+    keep = [i for i in range(len(scan.paths)) if i not in errors]
+    skipped = [{"path": scan.paths[i], "reason": errors[i]} for i in sorted(errors)]
+    skipped += [{"path": name, "reason": "the file name is not valid UTF-8"} for name in scan.unreadable_names]
+    class_names = sorted(set(scan.classes))
     index = {name: i for i, name in enumerate(class_names)}
-    labels = np.array([index[classes[i]] for i in keep], dtype=np.int64)
-    counts = np.bincount(labels, minlength=len(class_names))
-    if (counts < 2).any():
-        name = class_names[int(np.argmin(counts))]
-        raise DataError(f"data.path: class '{name}' has {counts.min()} usable image(s); each class needs at least 2")
+    labels = np.array([index[scan.classes[i]] for i in keep], dtype=np.int64)
+    _check_class_sizes(labels, class_names)
     is_test = stratified_split(labels, data.test_fraction, data.split_seed)
-    manifest = Manifest(root, class_names, paths, labels, is_test, bad)
-    _write_manifest(output, manifest, settings)
+    paths = [scan.paths[i] for i in keep]
+    manifest = Manifest(root, class_names, paths, labels, is_test, skipped, [digests[p][2] for p in paths])
+    manifest.ignored = len(scan.ignored)
+    _write_manifest(output, manifest, settings, {p: digests[p] for p in paths})
     return manifest
+
+
+def _check_class_sizes(labels: np.ndarray, class_names: list[str]) -> None:
+    counts = np.bincount(labels, minlength=len(class_names))
+    small = [f"'{class_names[i]}' ({counts[i]})" for i in np.flatnonzero(counts < 2)]
+    if small:
+        raise DataError(
+            f"data.path: each class needs at least 2 usable images (one for each side of the split); too few in "
+            f"{', '.join(small)}"
+        )
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
@@ -212,31 +294,44 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.
     return is_test
 
 
-def _write_manifest(output: Path, manifest: Manifest, settings: dict) -> None:
-    output.mkdir(parents=True, exist_ok=True)
-    meta = settings | {"class_names": manifest.class_names, "skipped": manifest.skipped}
-    atomic_write_text(output / MANIFEST_META, json.dumps(meta, indent=2))
-    rows = ["path,label,split"]
-    lines = _csv_lines(
+def _write_manifest(output: Path, manifest: Manifest, settings: dict, fingerprints: dict[str, list]) -> None:
+    meta = settings | {
+        "class_names": manifest.class_names,
+        "skipped": manifest.skipped,
+        "ignored": manifest.ignored,
+        "fingerprints": fingerprints,
+    }
+    rows = (
         (p, manifest.class_names[lab], "test" if t else "train")
         for p, lab, t in zip(manifest.paths, manifest.labels, manifest.is_test, strict=True)
     )
-    atomic_write_text(output / MANIFEST, "\n".join(rows + lines) + "\n")
-
-
-def _csv_lines(rows: Iterator[tuple]) -> list[str]:
-    import io
-
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue().splitlines()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label", "split"])
+    writer.writerows(rows)
+    # The csv is the split; the json says how it was made. The json goes last: without it the csv is not reused.
+    atomic_write_text(output / MANIFEST, buffer.getvalue())
+    atomic_write_text(output / MANIFEST_META, json.dumps(meta, indent=1))
 
 
-def _read_manifest(output: Path, root: Path, settings: dict, rel_paths: list[str]) -> Manifest | None:
+def _read_meta(output: Path) -> dict[str, Any] | None:
     csv_path, meta_path = output / MANIFEST, output / MANIFEST_META
     if not csv_path.exists() or not meta_path.exists():
         return None
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{meta_path}: not valid JSON ({exc}); delete it and {MANIFEST} to split again") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("fingerprints"), dict):
+        raise DataError(
+            f"{meta_path}: written by another version of pieceboard or damaged; use another --output, or delete "
+            f"{meta_path.name} and {MANIFEST} to split again"
+        )
+    return meta
+
+
+def _reuse_manifest(output: Path, meta: dict[str, Any], settings: dict, scan: Scan) -> Manifest:
+    csv_path = output / MANIFEST
     changed = [k for k in settings if meta.get(k) != settings[k]]
     if changed:
         was = ", ".join(f"{k}={meta.get(k)!r}" for k in changed)
@@ -245,30 +340,102 @@ def _read_manifest(output: Path, root: Path, settings: dict, rel_paths: list[str
             + ", ".join(f"{k}={settings[k]!r}" for k in changed)
             + ". Mixing splits would make runs incomparable: use another --output, or delete that folder"
         )
-    with csv_path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    listed = {r["path"] for r in rows} | set(meta["skipped"])
-    now = set(rel_paths)
+    listed = set(meta["fingerprints"]) | {s["path"] for s in meta["skipped"]}
+    now = set(scan.paths) | set(scan.unreadable_names)
     if listed != now:
         added, removed = sorted(now - listed), sorted(listed - now)
         example = (added or removed)[0]
         raise DataError(
-            f"{csv_path}: the folder {root} changed since the split was made ({len(added)} image(s) added, "
+            f"{csv_path}: the folder {scan.root} changed since the split was made ({len(added)} image(s) added, "
             f"{len(removed)} removed, e.g. {example}); use another --output, or delete that folder to re-split"
         )
+    known = meta["fingerprints"]
+    current = file_digests(scan.root, sorted(known), known)
+    edited = sorted(p for p in known if current[p][2] != known[p][2])
+    if edited:
+        raise DataError(
+            f"{csv_path}: {len(edited)} image(s) changed content since the split was made (e.g. {edited[0]}), so "
+            f"kept results were trained on other pixels; use another --output, or delete that folder to start over"
+        )
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
     names = meta["class_names"]
     index = {name: i for i, name in enumerate(names)}
+    paths = [r["path"] for r in rows]
     return Manifest(
-        root,
+        scan.root,
         names,
-        [r["path"] for r in rows],
+        paths,
         np.array([index[r["label"]] for r in rows], dtype=np.int64),
         np.array([r["split"] == "test" for r in rows]),
         meta["skipped"],
+        [known[p][2] for p in paths],
+        meta.get("ignored", 0),
     )
 
 
-# --- the decode-once cache -------------------------------------------------------------------------------------
+# --- decoding processes ------------------------------------------------------------------------------------------
+
+
+def _worker_init() -> None:
+    # A decoder must not outlive the benchmark: die with the parent (Linux), and take SIGTERM's default (the parent
+    # installed a handler that only sets a flag, which fork copied). Ctrl-C reaches the whole process group; the
+    # parent handles it and terminates the pool, so the workers ignore it instead of printing tracebacks.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown still ends them on every normal exit
+        pass
+
+
+def _decode_chunk(args: tuple[list[str], int]) -> tuple[np.ndarray, dict[int, str]]:
+    paths, size = args
+    out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    errors = {}
+    for i, path in enumerate(paths):
+        try:
+            out[i] = load_rgb(path, size)
+        except ImageError as exc:
+            errors[i] = str(exc)
+    return out, errors
+
+
+def _decode_all(
+    files: list[Path], size: int, out: np.ndarray | None, progress: Progress | None, what: str, workers: int | None
+) -> dict[int, str]:
+    """Decode every file with a pool of processes (into `out` when given); returns {index: reason} of bad files.
+
+    The pool is terminated on any exception, including a stop requested by Ctrl-C or SIGTERM, which is checked
+    after every chunk (well under a second at 200 px).
+    """
+    jobs = [([str(p) for p in files[i : i + DECODE_CHUNK]], size) for i in range(0, len(files), DECODE_CHUNK)]
+    errors: dict[int, str] = {}
+    pool = multiprocessing.Pool(min(workers or os.cpu_count() or 1, max(1, len(jobs))), initializer=_worker_init)
+    try:
+        # imap streams results in order; the parent copies each block into the memory map as it arrives.
+        for n, (block, chunk_errors) in enumerate(pool.imap(_decode_chunk, jobs)):
+            check_stop()
+            start = n * DECODE_CHUNK
+            if out is not None:
+                out[start : start + len(block)] = block
+            errors |= {start + i: reason for i, reason in chunk_errors.items()}
+            if progress:
+                progress(what, min(start + len(block), len(files)), len(files))
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+    return errors
+
+
+def check_images(files: list[Path], progress: Progress | None = None, workers: int | None = None) -> dict[int, str]:
+    """Decode every file completely; returns {index: reason} for those that cannot be used."""
+    return _decode_all(files, CHECK_SIZE, None, progress, "checking images", workers)
+
+
+# --- the decode-once cache ---------------------------------------------------------------------------------------
 
 
 def cache_root(data: DataTable | None = None) -> Path:
@@ -278,33 +445,26 @@ def cache_root(data: DataTable | None = None) -> Path:
     return builtin.cache_root()
 
 
-def fingerprint(files: list[Path], image_size: int) -> str:
-    """A key that changes when any file's bytes, the file list, the size or the resize method change."""
-    digest = hashlib.sha256(f"v{CACHE_VERSION}|{RESIZE_METHOD}|{image_size}|{len(files)}".encode())
-    for path in files:
-        digest.update(_file_hash(path))
-    return digest.hexdigest()[:32]
-
-
-def _file_hash(path: Path) -> bytes:
-    h = hashlib.blake2b()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.digest()
-
-
-def _decode_chunk(args: tuple[list[str], int]) -> np.ndarray:
-    paths, size = args
-    return np.stack([load_rgb(p, size) for p in paths])
+def _reserve(path: Path, folder: Path, size: int) -> None:
+    """Claim the disk blocks of a memory-mapped file now: a full disk found while writing through a memory map is
+    a SIGBUS that kills the process, while one found here is an error with a message."""
+    free = shutil.disk_usage(folder).free
+    if free < size + DISK_MARGIN:
+        raise StorageError(
+            f"cannot write the image cache in {folder}: it needs {size / 2**20:.0f} MB and {free / 2**20:.0f} MB "
+            f"are free; free some space or set [data] cache_dir (or $PIECEBOARD_CACHE) to a larger disk"
+        )
+    with open(path, "r+b") as f:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
 
 
 def build_cache(
     files: list[Path],
     image_size: int,
     root: Path | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
     workers: int | None = None,
+    digests: list[str] | None = None,
 ) -> np.ndarray:
     """Decode and resize every file once into a memory-mapped uint8 array (N, S, S, 3); reuse it when unchanged.
 
@@ -314,43 +474,31 @@ def build_cache(
         root: Cache folder; default `cache_root()`.
         progress: Called as (what, done, total) while building.
         workers: Decoding processes; default all cores.
+        digests: The files' content digests (`file_digest`), when already known.
 
     Returns:
         The read-only memory-mapped pixels.
+
+    Raises:
+        DataError: A file can no longer be decoded (it changed since the manifest was made).
+        StorageError: The cache folder is not writable or too small; nothing partial is left.
     """
-    folder = (root or cache_root()) / "pixels" / fingerprint(files, image_size)
+    digests = digests if digests is not None else [file_digest(p) for p in files]
+    folder = (root or cache_root()) / "pixels" / fingerprint(digests, image_size)
     target = folder / "pixels.npy"
-    if (folder / "complete").exists():
+    if not is_complete(folder):
+        with staged_folder(folder, note=json.dumps({"n": len(files), "size": image_size})) as tmp:
+            shape = (len(files), image_size, image_size, 3)
+            out = np.lib.format.open_memmap(tmp / "pixels.npy", mode="w+", dtype=np.uint8, shape=shape)
+            _reserve(tmp / "pixels.npy", tmp, out.nbytes)
+            errors = _decode_all(files, image_size, out, progress, f"caching {image_size}px", workers)
+            if errors:
+                raise DataError(f"{errors[min(errors)]} (it changed since the manifest was made)")
+            out.flush()
+            del out
+        logging.getLogger(__name__).info("cached %d images at %dpx in %s", len(files), image_size, folder)
+    with storage_errors(target):
         return np.load(target, mmap_mode="r")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        shape = (len(files), image_size, image_size, 3)
-        out = np.lib.format.open_memmap(tmp / "pixels.npy", mode="w+", dtype=np.uint8, shape=shape)
-        chunk = 32
-        jobs = [([str(p) for p in files[i : i + chunk]], image_size) for i in range(0, len(files), chunk)]
-        with _pool(workers) as pool:
-            # map streams results in order; only a few chunks are in flight, so memory stays bounded.
-            for n, block in enumerate(pool.map(_decode_chunk, jobs)):
-                start = n * chunk
-                out[start : start + len(block)] = block
-                if progress:
-                    progress(f"caching {image_size}px", min(start + len(block), len(files)), len(files))
-        out.flush()
-        del out
-        (tmp / "complete").write_text(json.dumps({"n": len(files), "image_size": image_size, "method": RESIZE_METHOD}))
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same cache first: theirs is identical
-            shutil.rmtree(tmp, ignore_errors=True)
-    except ImageError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{exc} (it changed since the manifest was made)") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logging.getLogger(__name__).info("cached %d images at %dpx in %s", len(files), image_size, folder)
-    return np.load(target, mmap_mode="r")
 
 
 def channel_stats(
@@ -485,6 +633,11 @@ def _affine(mean: tuple[float, ...], std: tuple[float, ...], device):
     return shift, scale
 
 
+CROP_AREA = (0.35, 1.0)  # share of the image a random crop keeps; torchvision's default lower bound 0.08 is for
+# 224 px ImageNet photos and leaves a few pixels at the 16-50 px sizes benchmarked here
+CROP_ASPECT = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop default
+
+
 def augment(images, kinds: list[str], generator):
     """Batch augmentations on the device: `crop` (random resized crop), then `hflip` (half the images mirrored).
 
@@ -499,9 +652,9 @@ def augment(images, kinds: list[str], generator):
     n = images.shape[0]
     layout = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     if "crop" in kinds:
-        # Random resized crop as one batched affine resample: scale of area in [0.35, 1], aspect in [3/4, 4/3].
-        area = torch.empty(n, device=images.device).uniform_(0.35, 1.0, generator=generator)
-        log_ratio = torch.empty(n, device=images.device).uniform_(np.log(3 / 4), np.log(4 / 3), generator=generator)
+        # Random resized crop as one batched affine resample.
+        area = torch.empty(n, device=images.device).uniform_(*CROP_AREA, generator=generator)
+        log_ratio = torch.empty(n, device=images.device).uniform_(*np.log(CROP_ASPECT), generator=generator)
         ratio = torch.exp(log_ratio)
         sx = torch.sqrt(area * ratio).clamp(max=1.0)
         sy = torch.sqrt(area / ratio).clamp(max=1.0)

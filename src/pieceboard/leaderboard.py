@@ -10,6 +10,7 @@ It is derived from the stored results alone and never changes them.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from pieceboard._io import atomic_write_text
@@ -62,16 +64,23 @@ def _row(result: RunResult) -> dict[str, Any]:
     row["precision"] = result.precision
     row["channels_last"] = result.channels_last
     row["processes"] = result.environment.get("processes")
+    row["seed_group"] = _seed_group(result)
     return row
 
 
 SEED_METRICS = ("accuracy", "f1_macro", "test_loss")
 
 
-def _without_seed(row: dict[str, Any]) -> str:
-    """The cell id with its `seedN` axis label removed: the runs that differ only by seed share it."""
-    run, _, labels = row["id"].partition("@")
-    kept = [label for label in labels.split("-") if label and label != f"seed{row['seed']}"]
+def _seed_group(result: RunResult) -> str:
+    """Runs that differ only by seed share this key: a digest of their stored configuration without the seed."""
+    text = json.dumps({k: v for k, v in result.config.items() if k != "seed"}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _without_seed_label(run_id: str, seed: Any) -> str:
+    """The cell id with its `seedN` axis label removed, to name a seed group."""
+    run, _, labels = run_id.partition("@")
+    kept = [label for label in labels.split("-") if label and label != f"seed{seed}"]
     return run + ("@" + "-".join(kept) if kept else "")
 
 
@@ -84,12 +93,13 @@ def seed_summary(rows: list[dict[str, Any]], confidence: float = 0.95) -> list[d
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["status"] == "completed":
-            groups.setdefault(_without_seed(row), []).append(row)
+            groups.setdefault(row["seed_group"], []).append(row)
     summary = []
-    for name, members in groups.items():
+    for members in groups.values():
         if len(members) < 2:
             continue
         first = members[0]
+        name = _without_seed_label(first["id"], first["seed"])
         entry: dict[str, Any] = {"group": name, "seeds": sorted(m["seed"] for m in members)}
         entry |= {k: first[k] for k in ("model", "mode", "image_size", "batch_size", "epochs")}
         for key in SEED_METRICS:
@@ -108,6 +118,11 @@ def _human_count(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f}{unit}"
     return str(n)
+
+
+def _reason(row: dict[str, Any]) -> str:
+    """The status column of a row that did not complete: status and error on one line."""
+    return f"{row['status']}: {row.get('error') or ''}".strip().replace("\n", " ")
 
 
 def _fmt(key: str, spec: str, value: Any) -> str:
@@ -160,8 +175,7 @@ class Leaderboard:
                 table.add_row(*(_fmt(k, spec, row.get(k)) for k, _, spec in COLUMNS))
             else:
                 cells = [_fmt(k, spec, row.get(k)) for k, _, spec in COLUMNS[:7]]
-                reason = f"{row['status']}: {row.get('error') or ''}".strip()
-                table.add_row(*cells, *["-"] * (len(COLUMNS) - 8), f"[red]{reason}[/red]")
+                table.add_row(*cells, *["-"] * (len(COLUMNS) - 8), f"[red]{escape(_reason(row))}[/red]")
         return table
 
     def seed_table(self) -> Table | None:
@@ -196,7 +210,7 @@ class Leaderboard:
         for row in self.rows:
             cells = [_fmt(k, spec, row.get(k)) for k, _, spec in COLUMNS]
             if row["status"] != "completed":
-                cells[-1] = f"{row['status']}: {row.get('error') or ''}".replace("|", "\\|").replace("\n", " ")
+                cells[-1] = _reason(row).replace("|", "\\|")
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 

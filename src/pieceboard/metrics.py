@@ -14,6 +14,7 @@ from typing import Any
 import datasets
 import evaluate
 import numpy as np
+from datasets.table import InMemoryTable
 from scipy import stats
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
@@ -88,6 +89,19 @@ class ClassificationMetrics(evaluate.Metric):
             return os.path.join(self._data_dir_root, self.name, self.config_name)
         return super()._build_data_dir()
 
+    def _finalize(self) -> None:
+        if not self.keep_in_memory:
+            super()._finalize()
+            return
+        # evaluate reads the rows back with Dataset.from_buffer, whose fingerprint dill-pickles the Arrow table; when
+        # pyarrow is installed outside a folder named site-packages (pip install --target, zipapps, some PYTHONPATH
+        # layouts) dill pickles pyarrow's module state by value and every metric fails (PicklingError MonthDayNano).
+        # These rows are read once and never cached, so they need no fingerprint: give the Dataset a fixed one.
+        self.writer.finalize()
+        self.writer = None
+        table = InMemoryTable.from_buffer(self.buf_writer.getvalue())
+        self.data = datasets.Dataset(table, fingerprint="pieceboard-classification-metrics")
+
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
@@ -108,7 +122,7 @@ class ClassificationMetrics(evaluate.Metric):
     ) -> dict[str, Any]:
         predictions = np.asarray(predictions, dtype=np.int64)
         references = np.asarray(references, dtype=np.int64)
-        _validate(predictions, references, num_classes, class_names)
+        _validate(predictions, references, num_classes, class_names)  # add_batch callers are not checked before
 
         labels = list(range(num_classes))
         # zero_division=0: a class that is never predicted (precision) or never present (recall) scores 0 instead
@@ -191,8 +205,9 @@ def classification_metrics(
     """
     predictions = _to_int_array(predictions, "predictions")
     references = _to_int_array(references, "references")
-    # Checked before evaluate sees the data, so errors name the real problem rather than an Arrow encoding failure.
-    _validate(predictions, references, num_classes, class_names)
+    # Arrow would reject an empty or ragged batch with an encoding error; _compute then checks the values.
+    if predictions.size == 0 or predictions.shape != references.shape:
+        _validate(predictions, references, num_classes, class_names)
     return ClassificationMetrics().compute(
         predictions=predictions, references=references, num_classes=num_classes, class_names=class_names
     )

@@ -10,9 +10,9 @@ so their running statistics remain the pretrained ones).
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -21,7 +21,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, register_model
 from torch import nn
 
-from pieceboard.config import MLP_NAME, PieceboardError
+from pieceboard.config import MLP_NAME, PieceboardError, is_mlp
 
 MLP_WIDTHS = (1024, 512, 256, 128, 64)  # five hidden layers + the classifier = six fully-connected layers
 
@@ -84,16 +84,6 @@ default_cfgs = {
 def pieceboard_mlp(pretrained: bool = False, **kwargs) -> PieceboardMLP:
     """The original study's six-layer MLP; `img_size` sets the input size it is built for."""
     return build_model_with_cfg(PieceboardMLP, MLP_NAME, pretrained, **kwargs)
-
-
-def known_model(name: str) -> bool:
-    """Whether timm (with pieceboard's MLP registered) can build `name`."""
-    return timm.is_model(name)
-
-
-def similar_models(name: str, n: int = 5) -> list[str]:
-    """The registered names nearest to a misspelt one."""
-    return difflib.get_close_matches(name, timm.list_models(), n=n, cutoff=0.6)
 
 
 def _hub_cached_file(model_name: str) -> str | None:
@@ -169,7 +159,7 @@ def build_model(model_name: str, mode: str, num_classes: int, image_size: int, w
         The model, with only the classifier trainable in linear_probe mode.
     """
     kwargs: dict = {"num_classes": num_classes}
-    if model_name.split(".")[0] == MLP_NAME:
+    if is_mlp(model_name):
         kwargs["img_size"] = image_size
     if mode == "scratch":
         model = timm.create_model(model_name, pretrained=False, **kwargs)
@@ -183,13 +173,17 @@ def build_model(model_name: str, mode: str, num_classes: int, image_size: int, w
     return model
 
 
+# torch's private common base of BatchNorm1d/2d/3d and SyncBatchNorm: the public classes share no public base.
+_BATCH_NORM = nn.modules.batchnorm._BatchNorm
+
+
 def set_train_mode(model: nn.Module) -> None:
     """`model.train()`, except that norm layers with no trainable parameters keep their frozen statistics."""
     model.train()
     for module in model.modules():
         params = list(module.parameters(recurse=False))
         # Frozen = has parameters and none trains (an affine-free BatchNorm has none, and still trains its stats).
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
+        if isinstance(module, _BATCH_NORM) and params and not any(p.requires_grad for p in params):
             module.eval()
 
 
@@ -198,22 +192,42 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def has_depthwise_conv(model: nn.Module) -> bool:
-    """Whether the model uses depthwise convolutions (MobileNet, EfficientNet, ConvNeXt...)."""
-    return any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in model.modules())
+@dataclass(frozen=True)
+class Probe:
+    """What a model does with an input size, seen in one forward pass on the meta device (no memory, no weights)."""
+
+    depthwise: bool  # has depthwise convolutions (slower in bf16 than in fp32 on CPUs)
+    feature_map: int | None  # side of the last feature map; None when the features are not a map (MLP, ViT)
+    strided_conv_on_one_pixel: bool  # a 3x3 stride-2 convolution sees a 1x1 map (see `device.resolve_precision`)
 
 
-@functools.lru_cache(maxsize=64)
-def uses_depthwise_conv(model_name: str) -> bool:
-    """`has_depthwise_conv` for a model name, built on the meta device (no memory, no weights)."""
-    kwargs = {"img_size": 32} if model_name.split(".")[0] == MLP_NAME else {}
+@functools.lru_cache(maxsize=128)
+def probe(model_name: str, image_size: int) -> Probe:
+    """Build `model_name` on the meta device and pass one `image_size` batch through its features.
+
+    Raises:
+        PieceboardError: The model cannot take images of that size (a fixed-size ViT, a kernel larger than a map).
+    """
+    kwargs = {"img_size": image_size} if is_mlp(model_name) else {}
+    single_pixel: list[nn.Module] = []
+
+    def spot(module: nn.Conv2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if module.stride != (1, 1) and module.kernel_size != (1, 1) and tuple(inputs[0].shape[-2:]) == (1, 1):
+            single_pixel.append(module)
+
     with torch.device("meta"):
-        return has_depthwise_conv(timm.create_model(model_name, pretrained=False, num_classes=2, **kwargs))
-
-
-def is_convnet(model: nn.Module) -> bool:
-    """Whether the model has 2-D convolutions (channels_last can only help those)."""
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+        model = timm.create_model(model_name, pretrained=False, num_classes=2, **kwargs).eval()
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        for conv in convs:
+            conv.register_forward_hook(spot)
+        try:
+            features = model.forward_features(torch.zeros(2, 3, image_size, image_size))
+        except (RuntimeError, ValueError, AssertionError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise PieceboardError(f"{model_name} cannot take {image_size} px images: {message}") from None
+    depthwise = any(c.groups > 1 and c.groups == c.in_channels for c in convs)
+    feature_map = int(features.shape[-1]) if features.ndim == 4 else None
+    return Probe(depthwise, feature_map, bool(single_pixel))
 
 
 def normalization(

@@ -1,7 +1,9 @@
 """Results: one `runs/<id>/result.json` and `predictions.csv` per matrix cell, written atomically.
 
 A benchmark that is killed keeps every finished cell; the next start skips cells whose stored result is
-completed with the same configuration, and runs the rest.
+completed with the same configuration, and runs the rest. A result file that cannot be read (damaged, edited by
+hand, written by a crash of another tool) is never fatal: it is read as a `corrupt` result with the reason, shown
+on the leaderboard, and rerun by the next benchmark.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic
+
 from pieceboard._io import atomic_write_text
 
 RUNS = "runs"
 RESULT = "result.json"
 PREDICTIONS = "predictions.csv"
+STATUSES = ("completed", "failed", "skipped", "corrupt")
 
 
 @dataclass
@@ -26,13 +31,13 @@ class RunResult:
     """What one matrix cell produced; the fields of result.json."""
 
     id: str
-    status: str  # completed | failed | skipped
+    status: str  # completed | failed | skipped (stored), corrupt (read back damaged)
     config: dict[str, Any]
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     per_class: list[dict[str, Any]] = field(default_factory=list)
     confusion_matrix: list[list[int]] = field(default_factory=list)
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, int | float]] = field(default_factory=list)
     params: int | None = None
     trainable_params: int | None = None
     gflops: float | None = None
@@ -52,10 +57,24 @@ class RunResult:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> RunResult:
-        """Read a stored result, ignoring fields this version does not know."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
+    def from_json(cls, text: str | bytes) -> RunResult:
+        """Validate a stored result.json: types checked strictly, fields of other versions ignored.
+
+        Raises:
+            ValueError: Not JSON, not an object, or a field missing or of the wrong type (the first one is named).
+        """
+        try:
+            result = _ADAPTER.validate_json(text, strict=True)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "top level"
+            raise ValueError(f"{where}: {first['msg'].lower()}") from None
+        if result.status not in STATUSES[:3]:
+            raise ValueError(f"status: {result.status!r} is not one of {', '.join(STATUSES[:3])}")
+        return result
+
+
+_ADAPTER = pydantic.TypeAdapter(RunResult)
 
 
 def run_dir(output: Path, run_id: str) -> Path:
@@ -78,16 +97,22 @@ def save_result(output: Path, result: RunResult, predictions: list[tuple[int, st
     atomic_write_text(folder / RESULT, json.dumps(result.to_dict(), indent=2, allow_nan=True) + "\n")
 
 
+def read_result(path: Path) -> RunResult:
+    """One stored result.json; a damaged one comes back with status `corrupt` and the reason as its error."""
+    run_id = path.parent.name
+    try:
+        return RunResult.from_json(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        return RunResult(id=run_id, status="corrupt", config={}, error=f"{path}: unreadable result ({exc})")
+
+
 def load_results(output: str | Path) -> list[RunResult]:
-    """Every stored result under `output/runs`, in folder order."""
-    results = []
-    for path in sorted((Path(output) / RUNS).glob(f"*/{RESULT}")):
-        results.append(RunResult.from_dict(json.loads(path.read_text(encoding="utf-8"))))
-    return results
+    """Every stored result under `output/runs`, in folder order (damaged ones as `corrupt`)."""
+    return [read_result(path) for path in sorted((Path(output) / RUNS).glob(f"*/{RESULT}"))]
 
 
 def load_predictions(output: Path, run_id: str) -> list[dict[str, str]]:
-    """The rows of a cell's predictions.csv."""
+    """The rows of a cell's predictions.csv (index, path, label, prediction)."""
     with (run_dir(output, run_id) / PREDICTIONS).open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
@@ -97,10 +122,7 @@ def finished(output: Path, run_id: str, config: dict[str, Any]) -> RunResult | N
     path = run_dir(output, run_id) / RESULT
     if not path.exists():
         return None
-    try:
-        stored = RunResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, TypeError):
-        return None
+    stored = read_result(path)
     if stored.status == "completed" and stored.config == config and (path.parent / PREDICTIONS).exists():
         return stored
     return None

@@ -31,20 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from pieceboard.config import PieceboardError
-from pieceboard.data import BatchLoader, build_cache, channel_stats, scan_folder, to_float
-from pieceboard.models import build_model, has_depthwise_conv
-from pieceboard.train import (
-    device_type,
-    environment,
-    fused_kwargs,
-    make_accelerator,
-    optimizer_step,
-    resolve_precision,
-    synchronize,
-    train_step,
-    use_channels_last,
-)
+from pieceboard._console import PieceboardError
+from pieceboard._io import atomic_write_text, is_complete, staged_folder
+from pieceboard.config import Cell, TrainSettings
+from pieceboard.data import build_cache, channel_stats, scan_folder, to_float
+from pieceboard.device import device_type, make_accelerator, resolve_precision, synchronize
+from pieceboard.models import probe
+from pieceboard.train import RunData, environment, optimizer_step, setup, train_step
 
 DEFAULT_CASES = [("pieceboard_mlp", 50), ("resnet18", 64), ("mobilenetv3_large_100", 64)]
 FULL_CASES = [("pieceboard_mlp", 200), ("resnet18", 200), ("mobilenetv3_large_100", 200)]
@@ -74,11 +67,15 @@ class CaseResult:
 
 def generate_folder(root: Path, images: int = 1200, classes: int = 4, seed: int = 0) -> Path:
     """A class-folder tree of mixed-size PNG and JPEG photos-like images (smooth noise), made once."""
+    if not is_complete(root):
+        with staged_folder(root) as tmp:
+            _write_photos(tmp, images, classes, seed)
+    return root
+
+
+def _write_photos(root: Path, images: int, classes: int, seed: int) -> None:
     from PIL import Image
 
-    marker = root / ".complete"
-    if marker.exists():
-        return root
     rng = np.random.default_rng(seed)
     for i in range(images):
         folder = root / f"class_{i % classes}"
@@ -89,8 +86,6 @@ def generate_folder(root: Path, images: int = 1200, classes: int = 4, seed: int 
         noise = rng.normal(0, 12, size=(h, w, 3))
         image = Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype(np.uint8))
         image.save(folder / (f"{i:05d}.png" if i % 2 else f"{i:05d}.jpg"), quality=90)
-    marker.write_text("")
-    return root
 
 
 def _timed(
@@ -150,45 +145,40 @@ def measure_case(
     import torchvision
     from torchvision import transforms
 
-    rel_paths, classes = scan_folder(folder)
-    if len(rel_paths) < batch_size:
-        raise PieceboardError(f"{folder}: {len(rel_paths)} images, fewer than one batch of {batch_size}")
-    names = sorted(set(classes))
-    labels = np.array([names.index(c) for c in classes], dtype=np.int64)
-    files = [folder / p for p in rel_paths]
+    scan = scan_folder(folder)
+    if len(scan.paths) < batch_size:
+        raise PieceboardError(f"{folder}: {len(scan.paths)} images, fewer than one batch of {batch_size}")
+    names = sorted(set(scan.classes))
+    labels = np.array([names.index(c) for c in scan.classes], dtype=np.int64)
+    files = [folder / p for p in scan.paths]
     with tempfile.TemporaryDirectory() as cold:
         started = time.perf_counter()
         pixels = build_cache(files, image_size, root=Path(cold))
         cache_img_s = len(files) / (time.perf_counter() - started)
         pixels = np.array(pixels)  # keep the pixels once the temporary cache folder goes
-    mean, std = channel_stats(pixels, np.arange(len(files)))
+    everything = np.arange(len(files))
+    data = RunData(pixels, labels, everything, everything, names, channel_stats(pixels, everything))
 
-    torch.manual_seed(0)
-    model = build_model(model_name, "scratch", len(names), image_size, None)
-    precision = resolve_precision(precision, device_type(), has_depthwise_conv(model))
+    # The same model, optimizer, loader and step as a benchmark run (train.setup), at a fixed learning rate.
+    traits = probe(model_name, image_size)
+    precision = resolve_precision(precision, device_type(), traits.depthwise, traits.strided_conv_on_one_pixel)
+    settings = TrainSettings(batch_size=batch_size, image_size=image_size, precision=precision, scheduler="none")
+    cell = Cell(f"{model_name}@{image_size}px", model_name, model_name, "scratch", None, settings)
     accelerator = make_accelerator(precision)
+    run = setup(cell, data, accelerator)
+    model, optimizer, channels_last, (mean, std) = run.model, run.optimizer, run.channels_last, run.mean_std
     device = accelerator.device
-    model = model.to(device)
-    channels_last = use_channels_last(model, "auto")
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, **fused_kwargs(device))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
-
-    sync = functools.partial(synchronize, accelerator)
+    sync = functools.partial(synchronize, device)
 
     def uint8_step(batch):
         return train_step(model, optimizer, accelerator, batch[0], batch[1], (mean, std), channels_last)
 
     # (b) the ceiling: one batch already on the device
-    resident = BatchLoader(pixels, labels, np.arange(batch_size), batch_size, shuffle=False, device=device)
-    fixed = next(iter(resident))
+    fixed = next(iter(run.test_loader))
     synthetic, _, _ = _timed(iter(lambda: fixed, None), uint8_step, sync, warmup, seconds, min_steps)
 
     # (a) pieceboard's loader
-    loader = BatchLoader(pixels, labels, np.arange(len(files)), batch_size, shuffle=True, seed=0, device=device)
-    ours, waited, elapsed = _timed(_forever(loader), uint8_step, sync, warmup, seconds, min_steps)
+    ours, waited, elapsed = _timed(_forever(run.train_loader), uint8_step, sync, warmup, seconds, min_steps)
     stall = waited / elapsed
 
     # (c) the original study's pipeline, best of several worker counts
@@ -214,13 +204,12 @@ def measure_case(
 
     # (d) evaluation: pieceboard's loop against a timm benchmark.py-style inference loop
     model.eval()
-    test = BatchLoader(pixels, labels, np.arange(len(files)), batch_size, shuffle=False, device=device)
 
     def eval_step(batch):
         with torch.no_grad(), accelerator.autocast():
             return model(to_float(batch[0], mean, std, channels_last)).float().sum()
 
-    ours_eval, _, _ = _timed(_forever(test), eval_step, sync, warmup, seconds, min_steps)
+    ours_eval, _, _ = _timed(_forever(run.test_loader), eval_step, sync, warmup, seconds, min_steps)
     noise = torch.randn(batch_size, 3, image_size, image_size, device=device)
     if channels_last:
         noise = noise.contiguous(memory_format=torch.channels_last)
@@ -269,7 +258,7 @@ def run_throughput(
             on_case(result)
     return {
         "folder": str(folder),
-        "images": len(scan_folder(folder)[0]),
+        "images": len(scan_folder(folder).paths),
         "environment": environment(make_accelerator("no")),
         "cases": [asdict(r) for r in results],
     }
@@ -303,5 +292,4 @@ def table(report: dict[str, Any]):
 
 def save_report(report: dict[str, Any], path: Path) -> None:
     """Write the JSON report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")

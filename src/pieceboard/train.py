@@ -1,6 +1,6 @@
 """Fit and evaluate one run of the matrix under `accelerate.Accelerator`.
 
-    accelerator = make_accelerator("auto")
+    accelerator = make_accelerator("auto")          # from pieceboard.device
     outcome = fit(cell, run_data, accelerator, weights_file=None, log=print)
 
 The loop in one breath: seed, build the timm model, prepare it with the optimizer, then per epoch train on whole
@@ -11,13 +11,11 @@ shard; the shards are gathered, checked for completeness and scored on every pro
 from __future__ import annotations
 
 import math
-import os
 import platform
-import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Any
 
 import numpy as np
@@ -27,17 +25,16 @@ import timm.scheduler
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
+from pieceboard._console import check_stop
 from pieceboard.config import Cell, PieceboardError
 from pieceboard.data import BatchLoader, augment, to_float
+from pieceboard.device import cpu_has_bf16, fused_kwargs, synchronize, use_channels_last
 from pieceboard.metrics import classification_metrics
-from pieceboard.models import build_model, count_parameters, is_convnet, normalization, set_train_mode
+from pieceboard.models import build_model, count_parameters, normalization, set_train_mode
 
-# DDP warns once per run when a 1x1 convolution's gradient comes out in another stride order than its bucket;
-# it costs a copy, not correctness.
-warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+AUGMENT_SEED_STRIDE = 7919  # a prime above any process count: seed * stride + rank never collides across runs
 
 
 @dataclass
@@ -76,69 +73,8 @@ class FitOutcome:
     environment: dict[str, Any] = field(default_factory=dict)
 
 
-# Set by `pieceboard.bench`'s SIGINT/SIGTERM handler. Raising KeyboardInterrupt from inside a signal handler can land
-# in a finalizer or a torch callback, where it is swallowed or turned into another error; the loop checks this flag
-# between steps instead and stops at a clean point.
-STOP = threading.Event()
-
-
-def check_stop() -> None:
-    """Raise KeyboardInterrupt if a stop was requested."""
-    if STOP.is_set():
-        raise KeyboardInterrupt("stop requested")
-
-
 class NonFiniteLoss(RuntimeError):
     """Training diverged: the run is recorded as failed."""
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16), so bf16 autocast is faster than fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_precision(requested: str, device_type: str, depthwise: bool = False) -> str:
-    """The precision a run uses.
-
-    `auto`: `accelerate launch --mixed_precision X` when given; otherwise bf16 on a GPU that supports it, fp16 on
-    an older GPU; on a CPU with AMX or AVX512-BF16, bf16 unless the model uses depthwise convolutions (measured with
-    `pieceboard throughput` on such a CPU: bf16 made resnet18 and the MLP 1.5-1.9x faster, but MobileNetV3 2x slower
-    at 64 px and no faster at 200 px); fp32 ("no") on other CPUs.
-
-    Raises:
-        PieceboardError: fp16 on a CPU (autocast would silently train in fp32 there).
-    """
-    if requested == "auto":
-        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-        if launched in ("bf16", "fp16"):
-            requested = launched
-        elif device_type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            return "bf16" if cpu_has_bf16() and not depthwise else "no"
-    if requested == "fp16" and device_type != "cuda":
-        raise PieceboardError(
-            f'precision = "fp16" needs a GPU (this run is on {device_type}); use "bf16", "no" or "auto"'
-        )
-    return requested
-
-
-def device_type() -> str:
-    """The device accelerate will pick: cuda unless absent or ACCELERATE_USE_CPU is set."""
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    return "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
-
-
-def make_accelerator(precision: str) -> Accelerator:
-    """An Accelerator for one run; each run may ask for its own precision."""
-    # AcceleratorState fixes mixed precision for the process; reset it (keeping the process group) per run.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=precision, cpu=device_type() == "cpu")
 
 
 def _scheduler(optimizer, cell: Cell, steps_per_epoch: int):
@@ -159,18 +95,6 @@ def _scheduler(optimizer, cell: Cell, steps_per_epoch: int):
     return scheduler
 
 
-def use_channels_last(model: torch.nn.Module, setting: bool | str) -> bool:
-    """channels_last for convnets unless the run says `false`. `auto` = every convnet: measured with the training
-    step on a 2-core AMX CPU, it made resnet18 7% (64 px) to 37% (200 px) and MobileNetV3 70-76% faster."""
-    return is_convnet(model) and (setting == "auto" or setting is True)
-
-
-def fused_kwargs(device: torch.device) -> dict[str, bool]:
-    """Fused optimizer kernels where torch has them: on this kind of 2-core CPU, fused Adam made the MLP's whole
-    training step 2-4x faster than the default per-tensor loop (measured with `pieceboard throughput`)."""
-    return {"fused": True} if device.type in ("cpu", "cuda") else {}
-
-
 def _gflops(model: torch.nn.Module, image_size: int, device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -181,12 +105,6 @@ def _gflops(model: torch.nn.Module, image_size: int, device) -> float:
         model(torch.zeros(1, 3, image_size, image_size, device=device))
     model.train(was_training)
     return counter.get_total_flops() / 1e9
-
-
-def synchronize(accelerator: Accelerator) -> None:
-    """Wait for queued device work, so that wall-clock timings include it."""
-    if accelerator.device.type == "cuda":
-        torch.cuda.synchronize(accelerator.device)
 
 
 def train_step(
@@ -270,30 +188,32 @@ def evaluate(
     return got, gathered[:, 1].astype(np.int64), gathered[:, 2]
 
 
-def fit(
-    cell: Cell,
-    data: RunData,
-    accelerator: Accelerator,
-    weights_file: str | None = None,
-    log: Callable[[dict[str, Any]], None] | None = None,
-) -> FitOutcome:
-    """Train one cell and evaluate it after every epoch.
+@dataclass
+class Setup:
+    """A run ready to train: model and optimizer prepared by accelerate, loaders, normalisation and costs."""
 
-    Args:
-        cell: The run with resolved settings.
-        data: Cached pixels, labels and split.
-        accelerator: From `make_accelerator`, with the run's precision.
-        weights_file: Pretrained weights (from `models.resolve_weights`) unless the mode is scratch.
-        log: Receives `{"event": "train", ...}` every `log_every` batches and `{"event": "epoch", ...}` per epoch.
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: BatchLoader
+    test_loader: BatchLoader
+    mean_std: tuple[list[float], list[float]]
+    channels_last: bool
+    generator: torch.Generator
+    params: int
+    trainable_params: int
+    gflops: float
 
-    Returns:
-        Metrics of the last epoch, per-epoch history, costs and the test predictions.
+
+def setup(cell: Cell, data: RunData, accelerator: Accelerator, weights_file: str | None = None) -> Setup:
+    """Seed, build the timm model, its optimizer and schedule, and the loaders of this process's shard.
+
+    Raises:
+        PieceboardError: The training split is too small for one batch.
     """
     s = cell.settings
-    log = log or (lambda _: None)
     set_seed(s.seed)
-    num_classes = len(data.class_names)
-    model = build_model(cell.model, cell.mode, num_classes, s.image_size, weights_file)
+    model = build_model(cell.model, cell.mode, len(data.class_names), s.image_size, weights_file)
     mean_std = normalization(model, cell.mode, data.mean_std)
     params, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
     channels_last = use_channels_last(model, s.channels_last)
@@ -309,83 +229,130 @@ def fit(
         data.pixels, data.labels, data.train_indices, s.batch_size, shuffle=True, seed=s.seed, **shard
     )
     test_loader = BatchLoader(data.pixels, data.labels, data.test_indices, s.batch_size, shuffle=False, **shard)
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
+    if len(train_loader) == 0:
         raise PieceboardError(
             f"the training split has {len(data.train_indices)} images: too few for one batch of at least 2 images "
             f"per process; add images or lower test_fraction"
         )
-    scheduler = _scheduler(optimizer, cell, steps_per_epoch)
+    scheduler = _scheduler(optimizer, cell, len(train_loader))
     model, optimizer = accelerator.prepare(model, optimizer)
     # Each process draws its own augmentations (its images differ too), reproducibly for a seed and world size.
-    generator = torch.Generator(device=accelerator.device).manual_seed(s.seed * 7919 + accelerator.process_index)
+    generator = torch.Generator(device=accelerator.device)
+    generator.manual_seed(s.seed * AUGMENT_SEED_STRIDE + accelerator.process_index)
+    return Setup(
+        model, optimizer, scheduler, train_loader, test_loader, mean_std, channels_last, generator, params,
+        trainable, gflops,
+    )  # fmt: skip
 
+
+@dataclass
+class EpochStats:
+    """What one pass over the training split measured."""
+
+    train_loss: float
+    images: int  # trained on, over all processes
+    seconds: float
+    wait_s: float  # spent waiting for the next batch
+    update: int  # optimizer updates so far, over the whole run
+
+
+def train_one_epoch(
+    run: Setup,
+    cell: Cell,
+    accelerator: Accelerator,
+    epoch: int,
+    update: int,
+    log: Callable[[dict[str, Any]], None],
+) -> EpochStats:
+    """One pass over this process's shard of the training split (epochs count from 1).
+
+    Raises:
+        NonFiniteLoss: The loss became NaN or infinite (all processes see the same averaged value and stop).
+    """
+    s = cell.settings
+    set_train_mode(run.model)
+    run.train_loader.set_epoch(epoch - 1)
+    steps = len(run.train_loader)
+    loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+    seen = 0
+    wait_s = 0.0
+    started = waited_from = time.perf_counter()
+    for step, (images, labels, _) in enumerate(run.train_loader):
+        wait_s += time.perf_counter() - waited_from
+        check_stop()
+        loss = train_step(
+            run.model, run.optimizer, accelerator, images, labels, run.mean_std, run.channels_last, s.augment,
+            run.generator,
+        )  # fmt: skip
+        update += 1
+        if run.scheduler is not None:
+            run.scheduler.step_update(update)
+        loss_sum += loss.detach().double() * len(labels)
+        seen += len(labels)
+        if step % s.log_every == 0:
+            # Averaged over processes so that all of them agree on a divergence and stop together; .item() waits
+            # for the device, hence only every log_every batches.
+            value = accelerator.reduce(loss.detach().float(), reduction="mean").item()
+            if not math.isfinite(value):
+                raise NonFiniteLoss(f"training loss became {value} at epoch {epoch}, step {step + 1}")
+            lr = run.optimizer.param_groups[0]["lr"]
+            event = {"event": "train", "epoch": epoch, "step": step, "steps": steps, "update": update}
+            log(event | {"train/loss": value, "train/lr": lr})
+        waited_from = time.perf_counter()
+    synchronize(accelerator.device)
+    seconds = time.perf_counter() - started
+    totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=loss_sum.device).double()]))
+    train_loss = float(totals[0] / max(totals[1], 1))
+    if not math.isfinite(train_loss):
+        raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}")
+    return EpochStats(train_loss, int(totals[1]), seconds, wait_s, update)
+
+
+def fit(
+    cell: Cell,
+    data: RunData,
+    accelerator: Accelerator,
+    weights_file: str | None = None,
+    log: Callable[[dict[str, Any]], None] | None = None,
+) -> FitOutcome:
+    """Train one cell and evaluate it after every epoch.
+
+    Args:
+        cell: The run with resolved settings.
+        data: Cached pixels, labels and split.
+        accelerator: From `device.make_accelerator`, with the run's precision.
+        weights_file: Pretrained weights (from `models.resolve_weights`) unless the mode is scratch.
+        log: Receives `{"event": "train", ...}` every `log_every` batches and `{"event": "epoch", ...}` per epoch;
+            both count epochs from 1.
+
+    Returns:
+        Metrics of the last epoch, per-epoch history, costs and the test predictions.
+    """
+    log = log or (lambda _: None)
+    run = setup(cell, data, accelerator, weights_file)
     history: list[dict[str, float]] = []
     train_s = eval_s = wait_s = 0.0
-    trained_images = 0
+    trained_images = update = 0
     started = time.perf_counter()
-    update = 0
-    for epoch in range(s.epochs):
-        set_train_mode(model)
-        train_loader.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
-        seen = 0
-        epoch_start = time.perf_counter()
-        waited_from = epoch_start
-        for step, (images, labels, _) in enumerate(train_loader):
-            wait_s += time.perf_counter() - waited_from
-            check_stop()
-            loss = train_step(
-                model, optimizer, accelerator, images, labels, mean_std, channels_last, s.augment, generator
-            )
-            update += 1
-            if scheduler is not None:
-                scheduler.step_update(update)
-            loss_sum += loss.detach().double() * len(labels)
-            seen += len(labels)
-            if step % s.log_every == 0:
-                # Averaged over processes so that all of them agree on a divergence and stop together; .item()
-                # waits for the device, hence only every log_every batches.
-                value = accelerator.reduce(loss.detach().float(), reduction="mean").item()
-                if not math.isfinite(value):
-                    raise NonFiniteLoss(f"training loss became {value} at epoch {epoch + 1}, step {step + 1}")
-                lr = optimizer.param_groups[0]["lr"]
-                log(
-                    {
-                        "event": "train",
-                        "epoch": epoch,
-                        "step": step,
-                        "steps": steps_per_epoch,
-                        "update": update,
-                        "train/loss": value,
-                        "train/lr": lr,
-                    }
-                )
-            waited_from = time.perf_counter()
-        synchronize(accelerator)
-        epoch_train_s = time.perf_counter() - epoch_start
-        train_s += epoch_train_s
-        totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=loss_sum.device).double()]))
-        train_loss = float(totals[0] / max(totals[1], 1))
-        trained_images += int(totals[1])
-        if not math.isfinite(train_loss):
-            raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch + 1}")
-
+    for epoch in range(1, cell.settings.epochs + 1):
+        stats = train_one_epoch(run, cell, accelerator, epoch, update, log)
+        update = stats.update
+        train_s, wait_s, trained_images = train_s + stats.seconds, wait_s + stats.wait_s, trained_images + stats.images
         eval_start = time.perf_counter()
         positions, predictions, losses = evaluate(
-            model, test_loader, accelerator, mean_std, data.test_indices, channels_last
+            run.model, run.test_loader, accelerator, run.mean_std, data.test_indices, run.channels_last
         )
-        synchronize(accelerator)
+        synchronize(accelerator.device)
         eval_s += time.perf_counter() - eval_start
-        scores = classification_metrics(predictions, data.labels[positions], num_classes, data.class_names)
+        scores = classification_metrics(predictions, data.labels[positions], len(data.class_names), data.class_names)
         entry = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
+            "epoch": epoch,
+            "train_loss": stats.train_loss,
             "test_loss": float(losses.mean()),
             "accuracy": scores["accuracy"],
             "f1_macro": scores["f1_macro"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_s": epoch_train_s,
+            "lr": run.optimizer.param_groups[0]["lr"],
+            "train_s": stats.seconds,
             "elapsed_s": time.perf_counter() - started,
         }
         history.append(entry)
@@ -400,18 +367,18 @@ def fit(
         per_class=scores["per_class"],
         confusion_matrix=scores["confusion_matrix"],
         history=history,
-        params=params,
-        trainable_params=trainable,
-        gflops=gflops,
+        params=run.params,
+        trainable_params=run.trainable_params,
+        gflops=run.gflops,
         train_s=train_s,
         train_img_s=trained_images / train_s if train_s else 0.0,
-        eval_img_s=len(data.test_indices) * s.epochs / eval_s if eval_s else 0.0,
+        eval_img_s=len(data.test_indices) * cell.settings.epochs / eval_s if eval_s else 0.0,
         data_wait_s=wait_s,
         n_train=len(data.train_indices),
         n_test=len(positions),
         predictions=predictions[order],
         precision=accelerator.mixed_precision,
-        channels_last=bool(channels_last),
+        channels_last=bool(run.channels_last),
         environment=environment(accelerator),
     )
 
@@ -421,12 +388,10 @@ def environment(accelerator: Accelerator) -> dict[str, Any]:
     import accelerate
     import datasets
 
-    import pieceboard
-
     device = accelerator.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     return {
-        "pieceboard": pieceboard.__version__,
+        "pieceboard": version("pieceboard"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,

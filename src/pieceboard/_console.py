@@ -1,0 +1,126 @@
+"""What a person sees: the rich console, the live progress of a benchmark, and user errors as one line.
+
+Shared by `pieceboard.bench` and `pieceboard.cli`; imports nothing else of pieceboard at run time.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+if TYPE_CHECKING:
+    from pieceboard.config import Cell
+    from pieceboard.results import RunResult
+
+
+class PieceboardError(Exception):
+    """The user's input is wrong: shown as one message, exit code 2, no traceback."""
+
+
+# Set by the SIGINT/SIGTERM handler. Raising KeyboardInterrupt from inside a signal handler can land in a finalizer
+# or a torch callback, where it is swallowed or turned into another error; long loops check this flag between steps
+# instead and stop at a clean point.
+STOP = threading.Event()
+
+
+def check_stop() -> None:
+    """Raise KeyboardInterrupt if a stop was requested."""
+    if STOP.is_set():
+        raise KeyboardInterrupt("stop requested")
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    if STOP.is_set():  # a second signal: stop now, wherever we are
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+    STOP.set()
+
+
+def install_stop_handlers() -> None:
+    """Ctrl-C or a scheduler's SIGTERM (SLURM preemption, torchrun stopping the job) stops at the next step; a
+    second signal stops at once."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # `nohup ... &` asked for Ctrl-C to be ignored
+        signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+
+def wide_console(stderr: bool = False) -> Console:
+    """A console that does not squeeze the leaderboard into 80 columns when output goes to a file or pipe."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=240)
+
+
+def print_error(exc: BaseException) -> None:
+    """One plain line on stderr (no markup: `[defaults]` in a message is text, not a style)."""
+    Console(stderr=True).print(f"pieceboard: error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+
+
+class Display:
+    """The live view on the main process: the matrix, the current run and epoch, live loss and accuracy."""
+
+    def __init__(self, console: Console, total: int, enabled: bool):
+        self.console, self.enabled = console, enabled
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        self.progress = Progress(*columns, console=console, disable=not enabled, transient=True)
+        self.matrix = self.progress.add_task("matrix", total=total)
+        self.run = self.progress.add_task("", total=1, visible=False)
+        self.last: dict[str, Any] = {}
+
+    def __enter__(self) -> Display:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def note(self, text: str) -> None:
+        """A line that stays above the live view."""
+        if self.enabled:
+            self.console.print(text, highlight=False)
+
+    def stage(self, what: str, done: int, total: int) -> None:
+        """Progress of a data stage (checking images, caching)."""
+        self.progress.update(self.run, description=what, completed=done, total=total, visible=True)
+
+    def start_run(self, cell: Cell) -> None:
+        """A new cell begins."""
+        self.cell = cell
+        self.last = {}
+        self.progress.update(self.run, description=cell.id, completed=0, total=1, visible=True)
+
+    def event(self, event: dict[str, Any]) -> None:
+        """Train-loss and epoch events from `train.fit` (epochs counted from 1)."""
+        epochs = self.cell.settings.epochs
+        if event["event"] == "train":
+            self.last["loss"] = event["train/loss"]
+            done = (event["epoch"] - 1) * event["steps"] + event["step"] + 1
+            total = epochs * event["steps"]
+        else:
+            self.last["acc"] = event["accuracy"]
+            done = total = None
+        text = f"{self.cell.id} epoch {event['epoch']}/{epochs}"
+        if "loss" in self.last:
+            text += f" loss {self.last['loss']:.3f}"
+        if "acc" in self.last:
+            text += f" acc {self.last['acc']:.3f}"
+        self.progress.update(self.run, description=text, completed=done, total=total)
+
+    def skip(self, text: str) -> None:
+        """A cell that needs no work (kept from an earlier run)."""
+        self.note(text)
+        self.progress.advance(self.matrix)
+
+    def end_run(self, result: RunResult) -> None:
+        """A cell finished: one line that survives in logs."""
+        self.progress.advance(self.matrix)
+        if result.status == "completed":
+            m = result.metrics
+            self.note(
+                f"[green]done[/green] {result.id}: acc {m['accuracy']:.4f} F1 {m['f1_macro']:.4f} "
+                f"in {result.train_s:.1f}s ({result.train_img_s:.0f} img/s)"
+            )
+        else:
+            self.note(f"[red]{result.status}[/red] {result.id}: {result.error}")
