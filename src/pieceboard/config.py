@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,6 +50,17 @@ class BenchmarkTable(_Table):
         "auto", description="Weights & Biases: auto = online with an API key, otherwise offline files."
     )
     wandb_project: str | None = Field(None, description="W&B project; default: the benchmark name.")
+    jobs: PositiveInt | Literal["auto"] = Field(
+        "auto", description="Cells trained at once, each in its own process; auto: every core, or 4 per GPU."
+    )
+    threads: PositiveInt | Literal["auto"] = Field(
+        "auto", description="CPU threads of each cell's process; auto: 1 on a CPU (see docs: figures and load)."
+    )
+    parallel: Literal["data", "cells"] = Field(
+        "data",
+        description="Under a multi-process launch: data = every process trains each cell together; cells = each "
+        "process runs its own share of the cells.",
+    )
 
 
 class DataTable(_Table):
@@ -78,6 +89,9 @@ class TrainSettings(_Table):
         default_factory=list, description="Batch augmentations on the device: hflip, crop (random resized)."
     )
     log_every: int = Field(20, gt=0, description="Batches between train-loss logs.")
+    graphs: bool | Literal["auto"] = Field(
+        "auto", description="Capture the train and eval steps (torch.compile, CUDA graphs); auto: on a GPU if it pays."
+    )
     seed: int = Field(0, ge=0, description="Seed of weights init and data order.")
 
 
