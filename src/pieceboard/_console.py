@@ -47,6 +47,15 @@ def install_stop_handlers() -> None:
     signal.signal(signal.SIGTERM, _on_signal)
 
 
+def version_text() -> str:
+    """`pieceboard --version`: pieceboard's version and those a bug report needs, read without importing them."""
+    import platform
+    from importlib.metadata import version
+
+    stack = ", ".join(f"{name} {version(name)}" for name in ("torch", "timm", "accelerate"))
+    return f"pieceboard {version('pieceboard')} (Python {platform.python_version()}; {stack})"
+
+
 def wide_console(stderr: bool = False) -> Console:
     """A console that does not squeeze the leaderboard into 80 columns when output goes to a file or pipe."""
     console = Console(stderr=stderr)
