@@ -48,6 +48,44 @@ def install_stop_handlers() -> None:
     signal.signal(signal.SIGTERM, _on_signal)
 
 
+def version_text() -> str:
+    """`pieceboard --version`: pieceboard's version and those a bug report needs, read without importing them."""
+    import platform
+    from importlib.metadata import version
+
+    stack = ", ".join(f"{name} {version(name)}" for name in ("torch", "timm", "accelerate"))
+    return f"pieceboard {version('pieceboard')} (Python {platform.python_version()}; {stack})"
+
+
+def bench_parser():
+    """The `bench` command line (here, not in pieceboard.bench, so that its --help and --version import nothing)."""
+    import argparse
+
+    def positive(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+        return int(text)
+
+    parser = argparse.ArgumentParser(prog="pieceboard bench", description="Run a pieceboard benchmark file.")
+    parser.add_argument("file", help="benchmark TOML file, e.g. benchmarks/demo.toml")
+    parser.add_argument("--output", "-o", help="output folder (default: [benchmark] output or results/<name>)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the file with a dotted key, e.g. --set defaults.epochs=3 (repeatable)",
+    )
+    parser.add_argument("--jobs", "-j", type=positive, help="cells trained at once (default: [benchmark] jobs)")
+    parser.add_argument("--threads", type=positive, help="CPU threads per cell (default: [benchmark] threads)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list the cells, their settings and what would be kept or run"
+    )
+    parser.add_argument("--version", action="version", version=version_text())
+    return parser
+
+
 def wide_console(stderr: bool = False) -> Console:
     """A console that does not squeeze the leaderboard into 80 columns when output goes to a file or pipe."""
     console = Console(stderr=stderr)

@@ -14,15 +14,14 @@ wrong (one message, nothing trained); 130 interrupted (finished runs are kept; a
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,13 @@ from rich.table import Table
 from pieceboard._console import (
     Display,
     PieceboardError,
+    bench_parser,
     check_stop,
     install_stop_handlers,
     print_error,
     wide_console,
 )
-from pieceboard._io import make_folder
+from pieceboard._io import lock_folder, make_folder
 from pieceboard.config import Cell, Config, load_config
 from pieceboard.data import MANIFEST, Manifest, build_cache, cache_root, channel_stats, make_manifest
 from pieceboard.device import device_type, resolve_precision
@@ -163,9 +163,10 @@ def run(
     main = state.is_main_process
     console = console or wide_console()
     plans = _preflight(config, state.num_processes)
-    if main:
-        make_folder(output)
-    with Display(console, len(config.cells), main) as display:
+    with ExitStack() as held, Display(console, len(config.cells), main) as display:
+        # One benchmark per output folder: a second writer stops here, naming the first (issue: two splits mixed).
+        what = f"pieceboard bench {source}" if not isinstance(source, dict) else "pieceboard.run(...)"
+        _main_first(state, lambda: held.enter_context(lock_folder(output, what)) if main else None)
         manifest = _main_first(state, lambda: make_manifest(config.data, output, display.stage if main else None))
         digest = _manifest_digest(output)
         _describe(config, manifest, state, output, display)
@@ -456,37 +457,9 @@ def _record_skipped(config: Config, output: Path, results: list[RunResult], reas
             results.append(result)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The `bench` command line."""
-    parser = argparse.ArgumentParser(prog="pieceboard bench", description="Run a pieceboard benchmark file.")
-    parser.add_argument("file", help="benchmark TOML file, e.g. benchmarks/demo.toml")
-    parser.add_argument("--output", "-o", help="output folder (default: [benchmark] output or results/<name>)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the file with a dotted key, e.g. --set defaults.epochs=3 (repeatable)",
-    )
-    parser.add_argument("--jobs", "-j", type=_positive, help="cells trained at once (default: [benchmark] jobs)")
-    parser.add_argument("--threads", type=_positive, help="CPU threads per cell (default: [benchmark] threads)")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="list the cells, their settings and what would be kept or run"
-    )
-    parser.add_argument("--version", action="version", version=f"pieceboard {version('pieceboard')}")
-    return parser.parse_args(argv)
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return int(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m pieceboard.bench`; returns the exit code."""
-    args = parse_args(argv)
+    args = bench_parser().parse_args(argv)
     # Finished runs are kept and the others are marked skipped; a rerun does the rest.
     install_stop_handlers()
     try:
