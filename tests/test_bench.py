@@ -5,18 +5,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 import pieceboard
-from conftest import write_benchmark
+from conftest import Background, run_command, write_benchmark
 from pieceboard.leaderboard import Leaderboard
 
 BODY = """
@@ -37,8 +34,7 @@ image_size = [8, 12]
 
 
 def _cli(*args, cwd):
-    env = os.environ | {"PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return run_command([sys.executable, *args], cwd=cwd)
 
 
 def _recompute(predictions_csv, class_names):
@@ -189,28 +185,28 @@ def test_unknown_builtin_is_a_user_error(tmp_path):
     assert proc.returncode == 2 and "unknown built-in dataset 'nope'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "term", "kill-9"])
 def test_killed_benchmark_keeps_finished_runs_and_resumes(tmp_path, image_folder, sig):
-    body = BODY.replace("epochs = 2", "epochs = 500")  # long enough for the signal to land inside the second run
+    # "quick" finishes at once; "long" is still training when the signal arrives (waited for as an output line).
+    body = BODY.replace("[matrix]\nimage_size = [8, 12]", "").replace('name = "mlp"', 'name = "quick"') + (
+        '\n[[runs]]\nname = "long"\nmodel = "pieceboard_mlp"\nmode = "scratch"\nepochs = 100000\n'
+    )
     bench = write_benchmark(tmp_path / "b.toml", image_folder, body)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pieceboard.bench", str(bench), "--output", str(out)]
-    # A child of a background shell inherits an ignored SIGINT; give it the default, as a terminal would.
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
-    first = out / "runs" / "mlp@8px" / "result.json"
-    deadline = time.time() + 300
-    while not first.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=120)
+    args = [sys.executable, "-m", "pieceboard.bench", str(bench), "--output", str(out), "--jobs", "2"]
+    proc = Background([*args, "--set", "defaults.image_size=8"], cwd=tmp_path)
+    proc.wait_for("done quick")
+    proc.proc.send_signal(sig)
+    code, stdout, stderr = proc.finish()
     results = {r.id: r.status for r in pieceboard.load_results(out)}
-    assert results["mlp@8px"] == "completed"
+    assert results["quick"] == "completed"
     if sig != signal.SIGKILL:
-        assert proc.returncode == 130 and "finished runs are kept" in stderr, (proc.returncode, stdout, stderr)
-        assert results["mlp@12px"] == "skipped" and (out / "leaderboard.json").exists()
+        assert code == 130 and "finished runs are kept" in stderr, (code, stdout, stderr)
+        assert results["long"] == "skipped" and (out / "leaderboard.json").exists()
+    first = out / "runs" / "quick" / "result.json"
     stamp = first.stat().st_mtime_ns
-    rerun = _cli("-m", "pieceboard.bench", str(bench), "--output", str(out), cwd=tmp_path)
+    rerun = run_command([*args, "--set", "defaults.image_size=8", "--set", "runs.long.epochs=1"], cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "kept mlp@8px" in rerun.stdout and first.stat().st_mtime_ns == stamp
+    assert "kept quick" in rerun.stdout and first.stat().st_mtime_ns == stamp
     assert {r.status for r in pieceboard.load_results(out)} == {"completed"}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from conftest import make_image_folder, write_benchmark
+from conftest import make_image_folder, run_command, write_benchmark
 
 pytestmark = pytest.mark.distributed
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -20,8 +20,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 def _torchrun(nproc: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [*TORCHRUN, "--nproc_per_node", str(nproc), *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return run_command([*TORCHRUN, "--nproc_per_node", str(nproc), *args], cwd=cwd, env=env)
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -95,15 +94,7 @@ model = "pieceboard_mlp"
 mode = "scratch"
 """
     bench = write_benchmark(tmp_path / "b.toml", "builtin:digits", body)
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    single = subprocess.run(
-        [sys.executable, "-m", "pieceboard.bench", str(bench), "--output", "one"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    single = run_command([sys.executable, "-m", "pieceboard.bench", str(bench), "--output", "one"], cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
     double = _torchrun(2, "-m", "pieceboard.bench", str(bench), "--output", "two", cwd=tmp_path)
     assert double.returncode == 0, double.stderr[-3000:]
@@ -132,3 +123,44 @@ def test_a_data_error_stops_every_process_with_one_message(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.count("is not a folder") == 2  # both processes stop on the main process's error
     assert "pieceboard/bench.py" not in proc.stderr
+
+
+def test_each_process_runs_its_share_of_the_cells(tmp_path):
+    folder = make_image_folder(tmp_path / "images", classes=3, per_class=8)
+    body = """
+[defaults]
+epochs = 2
+batch_size = 6
+image_size = 8
+
+[[runs]]
+name = "mlp"
+model = "pieceboard_mlp"
+mode = "scratch"
+
+[[runs]]
+name = "mlp-fast"
+model = "pieceboard_mlp"
+mode = "scratch"
+lr = 0.01
+
+[[runs]]
+name = "resnet18"
+model = "resnet18"
+mode = "scratch"
+"""
+    bench = write_benchmark(tmp_path / "b.toml", folder, body)
+    single = run_command([sys.executable, "-m", "pieceboard.bench", str(bench), "--output", "one"], cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    shared = _torchrun(
+        2, "-m", "pieceboard.bench", str(bench), "--output", "two", "--set", 'benchmark.parallel="cells"', cwd=tmp_path
+    )
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    board = json.loads((tmp_path / "two" / "leaderboard.json").read_text())
+    assert sorted(row["id"] for row in board) == ["mlp", "mlp-fast", "resnet18"]
+    for run in ("mlp", "mlp-fast", "resnet18"):
+        one = json.loads((tmp_path / "one" / "runs" / run / "result.json").read_text())
+        two = json.loads((tmp_path / "two" / "runs" / run / "result.json").read_text())
+        assert two["status"] == "completed" and two["environment"]["processes"] == 1  # each cell trained alone
+        assert two["metrics"] == one["metrics"], run  # the same figures as one process running every cell
+    assert not list((tmp_path / "two" / ".ranks").iterdir())
