@@ -82,6 +82,20 @@ def storage_errors(path: Path | str | None = None) -> Iterator[None]:
         raise StorageError(message) from None
 
 
+def require_space(folder: Path, needed: int, what: str) -> None:
+    """Fail now, with one line, when `folder`'s disk has less than `needed` bytes free for `what`.
+
+    Raises:
+        StorageError: Naming the folder, what needs the space, and how much is free.
+    """
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise StorageError(
+            f"{folder}: {what} needs about {needed / 2**20:.1f} MB and {free / 2**20:.1f} MB are free on its disk; "
+            f"free some space or choose another folder"
+        )
+
+
 def _chmod_default(path: Path, folder: bool) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~_UMASK)
 
@@ -91,7 +105,10 @@ def make_folder(path: Path) -> Path:
     with storage_errors(path):
         if path.exists() and not path.is_dir():
             raise StorageError(f"cannot write {path}: it is a file, not a folder")
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except FileNotFoundError:  # mkdir -p fails this way only where folders cannot be made at all (/proc)
+            raise StorageError(f"cannot create the folder {path} here") from None
     return path
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pieceboard._console import (
@@ -40,7 +41,7 @@ from pieceboard._console import (
     print_error,
     wide_console,
 )
-from pieceboard._io import lock_folder, make_folder
+from pieceboard._io import lock_folder, make_folder, require_space
 from pieceboard.config import Cell, Config, load_config
 from pieceboard.data import MANIFEST, Manifest, build_cache, cache_root, channel_stats, make_manifest
 from pieceboard.device import device_type, resolve_precision
@@ -52,7 +53,9 @@ from pieceboard.tracking import Tracker, resolve_mode
 
 GPU_PACK = 4  # cells per GPU with jobs = "auto": 4 resnet18 trainings side by side gave 3.9x the throughput of one
 # on an H200 (the step is launch-bound); more would contend for memory with larger models
+RESULT_MARGIN = 1 << 20  # bytes beyond the results: leaderboard, report and the file system's own needs
 RANKS = ".ranks"  # with parallel = "cells", each process marks here that it finished its share
+SHOWN_SKIPPED = 10  # skipped files listed in the output; manifest.json has them all
 
 
 @dataclass
@@ -167,10 +170,14 @@ def run(
         # One benchmark per output folder: a second writer stops here, naming the first (issue: two splits mixed).
         what = f"pieceboard bench {source}" if not isinstance(source, dict) else "pieceboard.run(...)"
         _main_first(state, lambda: held.enter_context(lock_folder(output, what)) if main else None)
+        _main_first(state, lambda: make_folder(cache_root(config.data)))  # a bad cache_dir, before any decoding
         manifest = _main_first(state, lambda: make_manifest(config.data, output, display.stage if main else None))
         digest = _manifest_digest(output)
         _describe(config, manifest, state, output, display)
         results, todo = _kept(config, output, digest, display)
+        if main:  # a full disk found after training would lose the result: look before
+            needed = len(todo) * _result_bytes(manifest) + RESULT_MARGIN
+            require_space(output, needed, f"the results of {len(todo)} cell(s)")
         try:
             if todo:
                 tasks = _tasks(config, state, manifest, todo, plans, digest, output, display)
@@ -201,6 +208,10 @@ def _describe(config: Config, manifest: Manifest, state: PartialState, output: P
         f"{n_train} train / {n_test} test, {len(manifest.skipped)} skipped; {len(config.cells)} runs on "
         f"{state.num_processes} process(es) -> {output}"
     )
+    for skipped in manifest.skipped[:SHOWN_SKIPPED]:
+        display.note(f"[yellow]skipped[/yellow] {escape(skipped['path'])}: {escape(skipped['reason'])}")
+    if len(manifest.skipped) > SHOWN_SKIPPED:
+        display.note(f"[yellow]skipped[/yellow] {len(manifest.skipped) - SHOWN_SKIPPED} more (see manifest.json)")
     for warning in data_warnings(config, manifest):
         display.note(f"[yellow]warning[/yellow]: {warning}")
 
@@ -221,6 +232,12 @@ def data_warnings(config: Config, manifest: Manifest) -> list[str]:
             f"batch_size {size} ({', '.join(runs)}) is larger than the {n_train} training images: one step per epoch"
         )
     return warnings
+
+
+def _result_bytes(manifest: Manifest) -> int:
+    """A generous size of one cell's files: a predictions.csv row per test image, and result.json."""
+    longest = max(len(p) for p in manifest.paths)
+    return int(manifest.is_test.sum()) * (longest + 40) + 256 * 1024
 
 
 def _kept(config: Config, output: Path, digest: str, display: Display) -> tuple[list[RunResult], list[Cell]]:
@@ -468,10 +485,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         results = run(args.file, output=args.output, overrides=args.overrides, jobs=args.jobs, threads=args.threads)
     except PieceboardError as exc:
-        print_error(exc)
+        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every process stops; one says why
+            print_error(exc)
         return 2
     except KeyboardInterrupt:
-        Console(stderr=True).print("pieceboard: interrupted; finished runs are kept, a rerun does the rest")
+        if int(os.environ.get("RANK", 0)) == 0:
+            Console(stderr=True).print("pieceboard: interrupted; finished runs are kept, a rerun does the rest")
         return 130
     return 1 if any(r.status == "failed" for r in results) else 0
 

@@ -21,7 +21,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,8 +144,6 @@ def scan_folder(root: Path) -> Scan:
         else:
             scan.ignored.append(rel)
     scan.paths.sort()
-    for name in scan.unreadable_names:
-        warnings.warn(f"skipped: {root}/{name}: the file name is not valid UTF-8; rename it", stacklevel=2)
     if not scan.paths:
         raise DataError(f"data.path: {root}: no images found")
     scan.classes = _class_of_each(root, scan.paths)
@@ -252,8 +249,6 @@ def make_manifest(data: DataTable, output: Path, progress: Progress | None = Non
         return _reuse_manifest(output, meta, settings, scan)
     digests = file_digests(root, scan.paths)
     errors = check_images([root / p for p in scan.paths], progress)
-    for _, reason in sorted(errors.items()):
-        warnings.warn(f"skipped: {reason}", stacklevel=2)
     keep = [i for i in range(len(scan.paths)) if i not in errors]
     skipped = [{"path": scan.paths[i], "reason": errors[i]} for i in sorted(errors)]
     skipped += [{"path": name, "reason": "the file name is not valid UTF-8"} for name in scan.unreadable_names]
@@ -508,7 +503,7 @@ def build_cache(
         with staged_folder(folder, note=json.dumps({"n": len(files), "size": image_size})) as tmp:
             shape = (len(files), image_size, image_size, 3)
             out = np.lib.format.open_memmap(tmp / "pixels.npy", mode="w+", dtype=np.uint8, shape=shape)
-            _reserve(tmp / "pixels.npy", tmp, out.nbytes)
+            _reserve(tmp / "pixels.npy", folder.parent, out.nbytes)
             errors = _decode_all(files, image_size, out, progress, f"caching {image_size}px", workers)
             if errors:
                 raise DataError(f"{errors[min(errors)]} (it changed since the manifest was made)")
