@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import torch
 
-from pieceboard.data import BatchLoader
+from pieceboard.batches import BatchLoader
 from pieceboard.device import make_accelerator
 from pieceboard.train import evaluate
 

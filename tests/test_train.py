@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from pieceboard.batches import BatchLoader
 from pieceboard.config import Cell, PieceboardError, TrainSettings
-from pieceboard.data import BatchLoader
 from pieceboard.device import make_accelerator
 from pieceboard.train import NonFiniteLoss, RunData, evaluate, fit
 

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["RESIZE_METHOD", "ImageError", "load_rgb", "to_rgb"]
+__all__ = ["RESIZE_METHOD", "ImageError", "load_rgb", "load_rgb_sized", "to_rgb"]
 
 RESIZE_METHOD = "squash-bilinear"
 """How `load_rgb` resizes: straight to a square with bilinear resampling, ignoring the aspect ratio (no crop, no pad).
@@ -98,6 +98,11 @@ def load_rgb(path: str | os.PathLike[str], size: int) -> np.ndarray:
         ImageError: The file is missing, empty, not an image, truncated or otherwise undecodable.
         ValueError: ``size`` is not positive.
     """
+    return load_rgb_sized(path, size)[0]
+
+
+def load_rgb_sized(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """`load_rgb`, and the image's own (width, height) as displayed (after the EXIF orientation)."""
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     _require_strict_decoding()
@@ -109,7 +114,7 @@ def load_rgb(path: str | os.PathLike[str], size: int) -> np.ndarray:
         resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
     except _DECODE_ERRORS as error:
         raise ImageError(f"{os.fspath(path)}: cannot decode image ({error})") from error
-    return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8))
+    return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8)), rgb.size
 
 
 def _require_strict_decoding() -> None:

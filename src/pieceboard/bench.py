@@ -42,8 +42,9 @@ from pieceboard._console import (
     wide_console,
 )
 from pieceboard._io import lock_folder, make_folder, require_space
+from pieceboard.cache import build_cache, cache_root, channel_stats
 from pieceboard.config import Cell, Config, load_config
-from pieceboard.data import MANIFEST, Manifest, build_cache, cache_root, channel_stats, make_manifest
+from pieceboard.data import MANIFEST, Manifest, make_manifest
 from pieceboard.device import device_type, resolve_precision
 from pieceboard.jobs import CellTask, WorkerPool, WorkerSpec, run_cell, run_data
 from pieceboard.leaderboard import Leaderboard

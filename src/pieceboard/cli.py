@@ -50,6 +50,23 @@ def _leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_data(args: argparse.Namespace) -> int:
+    import json
+
+    from pieceboard._console import wide_console
+    from pieceboard._io import atomic_write_text
+    from pieceboard.check import check_data, render, usable
+
+    console = wide_console()
+    with console.status("decoding every image once and looking for copies..."):
+        report = check_data(args.target, args.overrides)
+    console.print(render(report))
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(report, indent=1) + "\n")
+        console.print(f"written to {args.json}")
+    return 0 if usable(report) else 2
+
+
 def _prefetch(args: argparse.Namespace) -> int:
     import timm
 
@@ -187,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("dir", help="a benchmark's output folder")
     board.add_argument("--format", choices=["table", "csv", "md", "json"], default="table")
     board.set_defaults(handler=_leaderboard)
+    check = sub.add_parser(
+        "check-data", help="dataset preflight: counts, bad files, sizes, near-duplicate groups across the split"
+    )
+    check.add_argument("target", help="a folder of class folders, builtin:digits, or a benchmark TOML file")
+    check.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    check.set_defaults(handler=_check_data)
     prefetch = sub.add_parser(
         "prefetch", help="download every pretrained weight a benchmark needs (online); says at once when offline"
     )

@@ -89,6 +89,9 @@ class DataTable(_Table):
     test_fraction: float = Field(
         0.2, gt=0, lt=1, allow_inf_nan=False, description="Share of each class held out for testing."
     )
+    split: Literal["grouped", "random"] = Field(
+        "grouped", description="grouped keeps every near-duplicate group on one side; random is the study's split."
+    )
     split_seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="Seed of the stratified split.")
     cache_dir: PathText | None = Field(None, description="Decoded-image cache; default $PIECEBOARD_CACHE or ~/.cache.")
 

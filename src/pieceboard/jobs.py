@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from pieceboard._console import STOP, check_stop
+from pieceboard.batches import RESIDENT_SHARE
 from pieceboard.config import Cell, load_config
-from pieceboard.data import RESIDENT_SHARE, Manifest, load_manifest
+from pieceboard.data import Manifest, load_manifest
 from pieceboard.device import make_accelerator
 from pieceboard.results import RunResult, save_result
 from pieceboard.tracking import Tracker

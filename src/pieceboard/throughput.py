@@ -33,8 +33,10 @@ import torch
 
 from pieceboard._console import PieceboardError
 from pieceboard._io import atomic_write_text, is_complete, staged_folder
+from pieceboard.batches import to_float
+from pieceboard.cache import build_cache, channel_stats
 from pieceboard.config import Cell, TrainSettings
-from pieceboard.data import build_cache, channel_stats, scan_folder, to_float
+from pieceboard.data import scan_folder
 from pieceboard.device import device_type, make_accelerator, resolve_precision, synchronize
 from pieceboard.models import probe
 from pieceboard.train import RunData, environment, optimizer_step, setup, train_step

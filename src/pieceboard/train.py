@@ -30,9 +30,9 @@ from accelerate.utils import set_seed
 
 from pieceboard._console import check_stop
 from pieceboard._image import RESIZE_METHOD
+from pieceboard.batches import RESIDENT_SHARE, BatchLoader, augment, resident_copy, to_float
 from pieceboard.capture import Capture
 from pieceboard.config import Cell, PieceboardError
-from pieceboard.data import RESIDENT_SHARE, BatchLoader, augment, resident_copy, to_float
 from pieceboard.device import (
     cpu_has_bf16,
     fused_kwargs,

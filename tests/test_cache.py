@@ -1,0 +1,43 @@
+"""cache.py: the decode-once cache and the training split's statistics."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from pieceboard._image import load_rgb
+from pieceboard.cache import build_cache, channel_stats
+from pieceboard.data import scan_folder
+
+
+def test_cache_equals_uncached_pixels(image_folder, tmp_path):
+    files = [image_folder / p for p in scan_folder(image_folder).paths]
+    pixels = build_cache(files, 16, root=tmp_path / "cache", workers=2)
+    assert pixels.shape == (36, 16, 16, 3) and pixels.dtype == np.uint8
+    for i, path in enumerate(files):
+        assert np.array_equal(pixels[i], load_rgb(path, 16))
+
+
+def test_cache_rebuilds_only_when_content_changes(image_folder, tmp_path):
+    files = [image_folder / p for p in scan_folder(image_folder).paths]
+    first = build_cache(files, 16, root=tmp_path / "cache")
+    marker = os.path.join(os.path.dirname(first.filename), ".complete")
+    stamp = os.stat(marker).st_mtime_ns
+    os.utime(files[0])  # touched but unchanged: same content, same cache
+    again = build_cache(files, 16, root=tmp_path / "cache")
+    assert again.filename == first.filename and os.stat(marker).st_mtime_ns == stamp
+    assert build_cache(files, 20, root=tmp_path / "cache").filename != first.filename  # new size, new cache
+    Image.new("RGB", (16, 16), (255, 255, 255)).save(files[0])  # edited image
+    edited = build_cache(files, 16, root=tmp_path / "cache")
+    assert edited.filename != first.filename
+    assert (edited[0] == 255).all() and np.array_equal(edited[1:], first[1:])
+
+
+def test_channel_stats_match_numpy():
+    pixels = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8)
+    idx = np.arange(0, 40, 3)
+    mean, std = channel_stats(pixels, idx, chunk_bytes=5 * 8 * 8 * 3 * 8)  # blocks of 5 images
+    ref = pixels[idx].astype(np.float64) / 255
+    assert np.allclose(mean, ref.mean(axis=(0, 1, 2))) and np.allclose(std, ref.std(axis=(0, 1, 2)))
