@@ -51,6 +51,12 @@ class RunResult:
     precision: str | None = None
     channels_last: bool | None = None
     environment: dict[str, Any] = field(default_factory=dict)
+    # Fields added later: results written before them read back as None.
+    latency_ms: float | None = None  # batch-1 inference, median of repeated timings
+    peak_mem_mb: float | None = None  # device memory, or process RSS on a CPU
+    compile_s: float | None = None
+    transform: dict[str, Any] | None = None  # evaluation transform: {"resize": ..., "normalize": ...}
+    train_log: list[dict[str, int | float]] | None = None  # {"update", "epoch", "step", "loss", "lr"} per log_every
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready fields."""
@@ -101,9 +107,12 @@ def read_result(path: Path) -> RunResult:
     """One stored result.json; a damaged one comes back with status `corrupt` and the reason as its error."""
     run_id = path.parent.name
     try:
-        return RunResult.from_json(path.read_bytes())
+        result = RunResult.from_json(path.read_bytes())
     except (OSError, ValueError) as exc:
         return RunResult(id=run_id, status="corrupt", config={}, error=f"{path}: unreadable result ({exc})")
+    if result.id != run_id:  # copied or edited by hand: its predictions.csv would be another cell's
+        return RunResult(id=run_id, status="corrupt", config={}, error=f"{path}: id {result.id!r} is not its folder's")
+    return result
 
 
 def load_results(output: str | Path) -> list[RunResult]:
