@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from pieceboard._io import atomic_write_bytes, atomic_write_text
 from pieceboard.leaderboard import ALPHA, COLUMNS, SEED_COLUMNS, TEXT, Column, Leaderboard, cells, pareto_front
@@ -87,6 +88,11 @@ def train_loss_curve(result: RunResult) -> tuple[list[float], list[float]]:
     return [e["epoch"] - 1 + (e["step"] + 1) / steps for e in log], [e["loss"] for e in log]
 
 
+def _epoch_axis(axes: Axes) -> None:
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole; logged steps fall between them
+    axes.grid(alpha=0.3)
+
+
 def _epochs(result: RunResult) -> list[int]:
     return [h.get("epoch", i + 1) for i, h in enumerate(result.history)]
 
@@ -104,8 +110,8 @@ def curves_figure(result: RunResult) -> Figure:
         quality.plot(epochs, [h.get(key) for h in result.history], "o-", label=f"test {label}")
     quality.set(xlabel="epoch", ylabel="score", title="test accuracy and F1")
     for axes in (loss, quality):
+        _epoch_axis(axes)
         axes.legend(fontsize=8)
-        axes.grid(alpha=0.3)
     figure.suptitle(result.id, fontsize=10)
     return figure
 
@@ -208,7 +214,7 @@ def axis_figure(axis: str, panels: list[dict[str, list[RunResult]]], varying: li
         loss.set(xlabel="epoch", ylabel="train loss")
         quality.set_title(_panel_title(group, axis, varying), fontsize=9, loc="left")
         for axes in (quality, loss):
-            axes.grid(alpha=0.3)
+            _epoch_axis(axes)
         quality.legend(fontsize=8)
     return figure
 
