@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+import signal
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +54,102 @@ def write_benchmark(path: Path, data_path: Path | str, body: str) -> Path:
         f'[benchmark]\nname = "t"\nwandb = "off"\n\n[data]\npath = "{data_path}"\ntest_fraction = 0.25\n\n{body}'
     )
     return path
+
+
+def run_command(args: list[str], cwd: Path, env: dict[str, str] | None = None, deadline: float = 1200):
+    """Run a command to its end in a session of its own; past the deadline its whole process group is killed and
+    the test fails loudly (a deadline is a safety net, never what a test waits for)."""
+    env = (os.environ | {"PYTHONWARNINGS": "ignore"}) if env is None else env
+    proc = subprocess.Popen(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=deadline)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(map(str, args))} still running after {deadline:.0f}s\n{out[-2000:]}\n{err[-2000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+class Background:
+    """A command running in its own session while the test acts on it, reading its output line by line."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None):
+        env = (os.environ | {"PYTHONWARNINGS": "ignore"}) if env is None else env
+        # A child of a background shell inherits an ignored SIGINT; give it the default, as a terminal would.
+        self.proc = subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self.stderr: list[str] = []
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines), daemon=True).start()
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    @staticmethod
+    def _pump(stream, lines) -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    def _collect(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def wait_for(self, text: str, deadline: float = 900) -> str:
+        """Block until a line of stdout contains `text`; fail loudly if the output ends or the deadline passes."""
+        end = time.monotonic() + deadline
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                self.kill()
+                pytest.fail(f"no line with {text!r} within {deadline:.0f}s; output so far:\n{''.join(self.seen)}")
+            if line is None:
+                pytest.fail(f"output ended before a line with {text!r}:\n{''.join(self.seen)}{''.join(self.stderr)}")
+            self.seen.append(line)
+            if text in line:
+                return line
+
+    def finish(self, deadline: float = 900) -> tuple[int, str, str]:
+        """Wait for the exit; returns (exit code, the rest of stdout, stderr)."""
+        try:
+            code = self.proc.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"still running after {deadline:.0f}s:\n{''.join(self.seen)}")
+        rest = []
+        while (line := self.lines.get()) is not None:
+            rest.append(line)
+        self.seen += rest
+        return code, "".join(self.seen), "".join(self.stderr)
+
+    def kill(self) -> None:
+        """End the whole process group (the command, its workers and decoders)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_until(condition, what: str, deadline: float = 120, poll: float = 0.1):
+    """Poll `condition` until it returns something truthy; fail loudly at the deadline."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if value := condition():
+            return value
+        time.sleep(poll)
+    pytest.fail(f"{what}: not within {deadline:.0f}s")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pieceboard.config import Cell, ConfigError, TrainSettings, load_config
+from pieceboard.config import MAX_NAME_BYTES, Cell, ConfigError, TrainSettings, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = sorted((REPO / "benchmarks").glob("*.toml"))
@@ -77,6 +77,7 @@ EXPECTED_DEFAULTS = {
     "augment": [],
     "log_every": 20,
     "seed": 0,
+    "graphs": "auto",
 }
 
 
@@ -423,13 +424,13 @@ INVALID = [
         "wrong-type",
         MINIMAL + '\n[defaults]\nepochs = "ten"\n',
         "[defaults]: key 'epochs': ",
-        ["valid integer", "(got 'ten')"],
+        ["valid integer", '(got "ten")'],
     ),
     (
         "wrong-type-run",
         MINIMAL + 'lr = "fast"\n',
         "[[runs]] 'mlp': key 'lr': ",
-        ["valid number", "(got 'fast')"],
+        ["valid number", '(got "fast")'],
     ),
     (
         "test-fraction-0",
@@ -486,37 +487,37 @@ INVALID = [
         "bad-mode",
         MINIMAL + 'mode = "finetuned"\n',
         "[[runs]] 'mlp': key 'mode': ",
-        ["'scratch', 'finetune' or 'linear_probe'", "(got 'finetuned')"],
+        ['"scratch", "finetune" or "linear_probe"', '(got "finetuned")'],
     ),
     (
         "bad-precision",
         MINIMAL + '\n[defaults]\nprecision = "fp32"\n',
         "[defaults]: key 'precision': ",
-        ["'no', 'bf16', 'fp16' or 'auto'", "(got 'fp32')"],
+        ['"no", "bf16", "fp16" or "auto"', '(got "fp32")'],
     ),
     (
         "bad-precision-run",
         MINIMAL + 'precision = "fp8"\n',
         "[[runs]] 'mlp': key 'precision': ",
-        ["'no', 'bf16', 'fp16' or 'auto'", "(got 'fp8')"],
+        ['"no", "bf16", "fp16" or "auto"', '(got "fp8")'],
     ),
     (
         "bad-optimizer",
         MINIMAL + '\n[defaults]\noptimizer = "lamb"\n',
         "[defaults]: key 'optimizer': ",
-        ["'adam', 'adamw' or 'sgd'", "(got 'lamb')"],
+        ['"adam", "adamw" or "sgd"', '(got "lamb")'],
     ),
     (
         "bad-augment",
         MINIMAL + '\n[defaults]\naugment = ["flip"]\n',
         "[defaults]: key 'augment.0': ",
-        ["'hflip' or 'crop'", "(got 'flip')"],
+        ['"hflip" or "crop"', '(got "flip")'],
     ),
     (
         "bad-wandb",
         '[benchmark]\nwandb = "on"\n' + MINIMAL,
         "[benchmark]: key 'wandb': ",
-        ["(got 'on')"],
+        ['(got "on")'],
     ),
     (
         "unknown-model",
@@ -668,6 +669,172 @@ def test_matrix_axis_that_is_a_run_key(tmp_path: Path, axis: str) -> None:
 def test_boolean_is_not_an_integer(tmp_path: Path) -> None:
     path = _write(tmp_path, MINIMAL + "\n[defaults]\nbatch_size = true\n")
     assert _error(path).startswith(f"{path}: [defaults]: key 'batch_size': ")
+
+
+# --- limits a library would hit later: seeds, non-finite floats, empty paths, names too long for a file name ------
+
+
+@pytest.mark.parametrize(
+    ("table", "text", "key"),
+    [
+        ("[defaults]", MINIMAL + "\n[defaults]\nseed = {seed}\n", "seed"),
+        ("[[runs]] 'mlp'", MINIMAL + "seed = {seed}\n", "seed"),
+        ("[matrix]", MINIMAL + "\n[matrix]\nseed = [0, {seed}]\n", "seed"),
+        ("[data]", '[data]\npath = "d"\nsplit_seed = {seed}\n\n' + RUN_MLP, "split_seed"),
+    ],
+    ids=["defaults", "run", "matrix", "split"],
+)
+def test_seeds_are_32_bit(tmp_path: Path, table: str, text: str, key: str) -> None:
+    # accelerate's set_seed hands the seed to np.random.seed, which refuses 2**32 and above: every cell would fail.
+    config = load_config(_write(tmp_path, text.format(seed=2**32 - 1)))
+    largest = config.data.split_seed if key == "split_seed" else max(c.settings.seed for c in config.cells)
+    assert largest == 2**32 - 1
+    path = _write(tmp_path, text.format(seed=2**32))
+    assert _error(path) == f"{path}: {table}: key '{key}': input should be less than 4294967296 (got 4294967296)"
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "+inf"])
+@pytest.mark.parametrize("key", ["lr", "weight_decay"])
+def test_training_floats_must_be_finite(tmp_path: Path, key: str, value: str) -> None:
+    path = _write(tmp_path, MINIMAL + f"\n[defaults]\n{key} = {value}\n")
+    shown = value.lstrip("+")
+    assert _error(path) == f"{path}: [defaults]: key '{key}': input should be a finite number (got {shown})"
+
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_test_fraction_must_be_finite(tmp_path: Path, value: str) -> None:
+    path = _write(tmp_path, f'[data]\npath = "d"\ntest_fraction = {value}\n\n' + RUN_MLP)
+    assert _error(path) == f"{path}: [data]: key 'test_fraction': input should be a finite number (got {value})"
+
+
+def test_non_finite_matrix_value_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL + "\n[matrix]\nlr = [0.1, inf]\n")
+    assert _error(path) == f"{path}: [matrix]: key 'lr': input should be a finite number (got inf)"
+
+
+BLANK = 'an empty path is refused; write "." for the current directory'
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\t"])
+def test_empty_data_path_is_refused(tmp_path: Path, value: str) -> None:
+    # Path("") is the current directory: an empty path used to benchmark whatever folder the command ran in.
+    path = _write(tmp_path, f'[data]\npath = "{value}"\n\n' + RUN_MLP)
+    shown = '"\\t"' if value == "\t" else f'"{value}"'
+    assert _error(path) == f"{path}: [data]: key 'path': {BLANK} (got {shown})"
+
+
+def test_empty_data_path_from_set_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL)
+    assert _error(path, ["data.path="]) == f"{path}: [data]: key 'path': {BLANK} (got \"\")"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('[benchmark]\noutput = ""\n' + MINIMAL, "[benchmark]: key 'output'"),
+        (DATA + 'cache_dir = " "\n\n' + RUN_MLP, "[data]: key 'cache_dir'"),
+        (MINIMAL + 'weights = ""\n', "[[runs]] 'mlp': key 'weights'"),
+    ],
+    ids=["output", "cache_dir", "weights"],
+)
+def test_other_empty_paths_are_refused(tmp_path: Path, text: str, where: str) -> None:
+    path = _write(tmp_path, text)
+    assert _error(path).startswith(f"{path}: {where}: {BLANK}")
+
+
+def _run_named(name: str, matrix: str = "") -> str:
+    return DATA + f'[[runs]]\nname = "{name}"\nmodel = "pieceboard_mlp"\n' + matrix
+
+
+def test_run_name_at_the_limit_is_accepted(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, _run_named("r" * MAX_NAME_BYTES)))
+    assert [len(c.id) for c in config.cells] == [MAX_NAME_BYTES]
+
+
+def test_run_name_too_long_for_a_folder_is_refused(tmp_path: Path) -> None:
+    # 300 characters used to pass validation and fail with "File name too long" when the first result was saved.
+    path = _write(tmp_path, _run_named("r" * 300))
+    assert _error(path) == (
+        f"{path}: [[runs]] '{'r' * 24}…{'r' * 16}': key 'name': 300 bytes, too long for a folder name "
+        f"(at most {MAX_NAME_BYTES}), since it names the run's result folder"
+    )
+
+
+def test_cell_id_too_long_for_a_folder_is_refused(tmp_path: Path) -> None:
+    # The run name fits; `@16px-lr0.01` pushes the cell id, which names the result folder, past the limit.
+    name = "r" * (MAX_NAME_BYTES - 5)
+    path = _write(tmp_path, _run_named(name, "\n[matrix]\nimage_size = [16]\nlr = [0.01]\n"))
+    message = _error(path)
+    assert message == (
+        f"{path}: [[runs]] '{'r' * 24}…{'r' * 16}': key 'name': the cell id '{'r' * 24}…{'r' * 4}@16px-lr0.01' is "
+        f"{MAX_NAME_BYTES + 7} bytes, too long for a folder name (at most {MAX_NAME_BYTES}), since it names the "
+        "cell's result folder; shorten the run name or the [matrix] values"
+    )
+
+
+def test_cell_ids_fit_a_file_name_with_the_atomic_write_prefix(tmp_path: Path) -> None:
+    # The limit leaves room for atomic_write_text's temporary name (".NAME." + 8 characters) and an extension.
+    from pieceboard._io import atomic_write_text
+
+    config = load_config(_write(tmp_path, _run_named("r" * (MAX_NAME_BYTES - 5), "\n[matrix]\nimage_size = [16]\n")))
+    [cell] = config.cells
+    atomic_write_text(tmp_path / "out" / f"{cell.id}.json", "{}")
+    assert (tmp_path / "out" / f"{cell.id}.json").read_text() == "{}"
+
+
+def test_benchmark_name_too_long_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, f'[benchmark]\nname = "{"b" * 256}"\n' + MINIMAL)
+    assert _error(path) == (
+        f"{path}: [benchmark]: key 'name': 256 bytes, too long for a folder name (at most {MAX_NAME_BYTES}), since "
+        "the output defaults to results/<name>"
+    )
+
+
+# --- values are shown as TOML spells them ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[benchmark]\nwandb = true\n" + MINIMAL,
+            '[benchmark]: key \'wandb\': input should be "auto", "online", "offline" or "off" (got true)',
+        ),
+        (
+            MINIMAL + "\n[defaults]\nepochs = [1, 2]\n",
+            "[defaults]: key 'epochs': input should be a valid integer (got [1, 2])",
+        ),
+        (
+            MINIMAL + '\n[defaults]\nchannels_last = "yes"\n',
+            '[defaults]: key \'channels_last\': input should be a valid boolean, or input should be "auto" (got "yes")',
+        ),
+        (
+            MINIMAL + "\n[defaults]\nlog_every = false\n",
+            "[defaults]: key 'log_every': input should be a valid integer (got false)",
+        ),
+        (
+            MINIMAL + "\n[defaults]\nepochs = { n = 1 }\n",
+            "[defaults]: key 'epochs': input should be a valid integer (got { n = 1 })",
+        ),
+    ],
+    ids=["bool", "list", "string", "false", "inline-table"],
+)
+def test_values_are_shown_in_toml_spelling(tmp_path: Path, text: str, expected: str) -> None:
+    path = _write(tmp_path, text)
+    assert _error(path) == f"{path}: {expected}"
+
+
+def test_matrix_values_are_shown_in_toml_spelling(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL + '\n[matrix]\nprecision = ["bf16", true]\n')
+    assert _error(path) == (
+        f'{path}: [matrix]: key \'precision\': input should be "no", "bf16", "fp16" or "auto" (got true)'
+    )
+
+
+def test_long_values_are_cut_short(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL + f"\n[defaults]\nepochs = {list(range(100))}\n")
+    message = _error(path)
+    assert message.endswith("…)") and len(message.split("(got ", 1)[1]) == 81
 
 
 # --- the command line -----------------------------------------------------------------------------------------

@@ -190,9 +190,11 @@ def test_pareto_column_uses_f1_and_latency(tmp_path):
 
 
 def test_guardrails_name_what_differs_from_most_rows(tmp_path):
-    transform = {"resize": 8, "normalize": "dataset"}
-    for run_id in ("a", "b", "c"):
+    transform = {"resize": "bilinear", "normalize": "dataset", "mean": [0.5] * 3, "std": [0.2] * 3}
+    for run_id in ("a", "b"):
         write_run(tmp_path, run_id, *graded(30, 20), transform=transform)
+    # The dataset's statistics differ at another image size: the same transform, not flagged.
+    write_run(tmp_path, "c", *graded(30, 20), transform=transform | {"mean": [0.4] * 3})
     write_run(tmp_path, "d", *graded(30, 20), config={"epochs": 3, "data": {"manifest_sha256": "split-b"}})
     write_run(tmp_path, "e", *graded(30, 20), config={"augment": ["hflip"]}, transform=transform)
     write_run(tmp_path, "f", *graded(30, 20), transform=transform | {"normalize": "pretrained"})
@@ -200,7 +202,7 @@ def test_guardrails_name_what_differs_from_most_rows(tmp_path):
     assert [rows[k]["guardrail"] for k in "abc"] == [None] * 3
     assert rows["d"]["guardrail"] == "split split-b (most rows: split-a); epochs 3 (most rows: 2)"
     assert rows["e"]["guardrail"] == "augment hflip (most rows: none)"
-    expected = "eval transform resize 8, normalize pretrained (most rows: resize 8, normalize dataset)"
+    expected = "eval transform resize bilinear, normalize pretrained (most rows: resize bilinear, normalize dataset)"
     assert rows["f"]["guardrail"] == expected  # d has no transform (an older result): not judged on it
     assert rows["d"]["p_vs_best"] is not None  # same test images, so still tested; the guardrail says why to doubt it
 

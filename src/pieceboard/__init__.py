@@ -3,28 +3,37 @@
 import pieceboard
 results = pieceboard.run("benchmarks/demo.toml", output="results/demo", overrides=["defaults.epochs=1"])
 print(pieceboard.Leaderboard.from_dir("results/demo").to_markdown())
+
+Every name below is imported on first use (PEP 562): the modules behind them import torch, timm and the leaderboard's
+dependencies, which take seconds to load, and `import pieceboard` or `pieceboard --help` should not.
 """
 
-from importlib.metadata import version
+from __future__ import annotations
 
-from pieceboard import models as _models  # noqa: F401  (registers pieceboard_mlp in timm's registry)
-from pieceboard._console import PieceboardError
-from pieceboard.config import Cell, Config, ConfigError, load_config
-from pieceboard.leaderboard import Leaderboard
-from pieceboard.results import RunResult, load_results
+import importlib
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and mkdocstrings see; at run time `__getattr__` provides the same names
+    from pieceboard._console import PieceboardError
+    from pieceboard.bench import run
+    from pieceboard.config import Cell, Config, ConfigError, load_config
+    from pieceboard.leaderboard import Leaderboard
+    from pieceboard.results import RunResult, load_results
 
 __version__ = version("pieceboard")
 
-
-def __getattr__(name: str):
-    # `run` lives in pieceboard.bench; importing it lazily keeps `python -m pieceboard.bench` free of runpy's
-    # "found in sys.modules" warning.
-    if name == "run":
-        from pieceboard.bench import run
-
-        return run
-    raise AttributeError(f"module 'pieceboard' has no attribute {name!r}")
-
+_EXPORTS = {
+    "Cell": "pieceboard.config",
+    "Config": "pieceboard.config",
+    "ConfigError": "pieceboard.config",
+    "Leaderboard": "pieceboard.leaderboard",
+    "PieceboardError": "pieceboard._console",
+    "RunResult": "pieceboard.results",
+    "load_config": "pieceboard.config",
+    "load_results": "pieceboard.results",
+    "run": "pieceboard.bench",
+}
 
 __all__ = [
     "Cell",
@@ -38,3 +47,16 @@ __all__ = [
     "load_results",
     "run",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pieceboard' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups find it without coming back here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -10,6 +10,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:
@@ -47,6 +48,44 @@ def install_stop_handlers() -> None:
     signal.signal(signal.SIGTERM, _on_signal)
 
 
+def version_text() -> str:
+    """`pieceboard --version`: pieceboard's version and those a bug report needs, read without importing them."""
+    import platform
+    from importlib.metadata import version
+
+    stack = ", ".join(f"{name} {version(name)}" for name in ("torch", "timm", "accelerate"))
+    return f"pieceboard {version('pieceboard')} (Python {platform.python_version()}; {stack})"
+
+
+def bench_parser():
+    """The `bench` command line (here, not in pieceboard.bench, so that its --help and --version import nothing)."""
+    import argparse
+
+    def positive(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+        return int(text)
+
+    parser = argparse.ArgumentParser(prog="pieceboard bench", description="Run a pieceboard benchmark file.")
+    parser.add_argument("file", help="benchmark TOML file, e.g. benchmarks/demo.toml")
+    parser.add_argument("--output", "-o", help="output folder (default: [benchmark] output or results/<name>)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the file with a dotted key, e.g. --set defaults.epochs=3 (repeatable)",
+    )
+    parser.add_argument("--jobs", "-j", type=positive, help="cells trained at once (default: [benchmark] jobs)")
+    parser.add_argument("--threads", type=positive, help="CPU threads per cell (default: [benchmark] threads)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list the cells, their settings and what would be kept or run"
+    )
+    parser.add_argument("--version", action="version", version=version_text())
+    return parser
+
+
 def wide_console(stderr: bool = False) -> Console:
     """A console that does not squeeze the leaderboard into 80 columns when output goes to a file or pipe."""
     console = Console(stderr=stderr)
@@ -59,15 +98,15 @@ def print_error(exc: BaseException) -> None:
 
 
 class Display:
-    """The live view on the main process: the matrix, the current run and epoch, live loss and accuracy."""
+    """The live view on the main process: the matrix, one line per cell in flight with its epoch, loss and accuracy."""
 
     def __init__(self, console: Console, total: int, enabled: bool):
         self.console, self.enabled = console, enabled
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         self.progress = Progress(*columns, console=console, disable=not enabled, transient=True)
         self.matrix = self.progress.add_task("matrix", total=total)
-        self.run = self.progress.add_task("", total=1, visible=False)
-        self.last: dict[str, Any] = {}
+        self.data = self.progress.add_task("", total=1, visible=False)
+        self.cells: dict[str, tuple[Any, Cell, dict[str, float]]] = {}  # id -> (progress task, cell, last figures)
 
     def __enter__(self) -> Display:
         self.progress.start()
@@ -83,38 +122,37 @@ class Display:
 
     def stage(self, what: str, done: int, total: int) -> None:
         """Progress of a data stage (checking images, caching)."""
-        self.progress.update(self.run, description=what, completed=done, total=total, visible=True)
+        self.progress.update(self.data, description=what, completed=done, total=total, visible=done < total)
 
     def start_run(self, cell: Cell) -> None:
-        """A new cell begins."""
-        self.cell = cell
-        self.last = {}
-        self.progress.update(self.run, description=cell.id, completed=0, total=1, visible=True)
+        """A cell begins."""
+        self.cells[cell.id] = (self.progress.add_task(cell.id, total=None), cell, {})
 
-    def event(self, event: dict[str, Any]) -> None:
-        """Train-loss and epoch events from `train.fit` (epochs counted from 1)."""
-        epochs = self.cell.settings.epochs
+    def event(self, cell_id: str, event: dict[str, Any]) -> None:
+        """Train-loss and epoch events of a cell (epochs counted from 1)."""
+        task, cell, last = self.cells[cell_id]
+        epochs = cell.settings.epochs
+        done = total = None
         if event["event"] == "train":
-            self.last["loss"] = event["train/loss"]
+            last["loss"] = event["train/loss"]
             done = (event["epoch"] - 1) * event["steps"] + event["step"] + 1
             total = epochs * event["steps"]
         else:
-            self.last["acc"] = event["accuracy"]
-            done = total = None
-        text = f"{self.cell.id} epoch {event['epoch']}/{epochs}"
-        if "loss" in self.last:
-            text += f" loss {self.last['loss']:.3f}"
-        if "acc" in self.last:
-            text += f" acc {self.last['acc']:.3f}"
-        self.progress.update(self.run, description=text, completed=done, total=total)
+            last["acc"] = event["accuracy"]
+        text = f"{cell_id} epoch {event['epoch']}/{epochs}"
+        text += f" loss {last['loss']:.3f}" if "loss" in last else ""
+        text += f" acc {last['acc']:.3f}" if "acc" in last else ""
+        self.progress.update(task, description=text, completed=done, total=total)
 
     def skip(self, text: str) -> None:
         """A cell that needs no work (kept from an earlier run)."""
         self.note(text)
         self.progress.advance(self.matrix)
 
-    def end_run(self, result: RunResult) -> None:
-        """A cell finished: one line that survives in logs."""
+    def end_run(self, result: RunResult, trace: str | None = None) -> None:
+        """A cell finished: one line that survives in logs (and the last frames of a failure, dimmed)."""
+        if result.id in self.cells:
+            self.progress.remove_task(self.cells.pop(result.id)[0])
         self.progress.advance(self.matrix)
         if result.status == "completed":
             m = result.metrics
@@ -122,5 +160,7 @@ class Display:
                 f"[green]done[/green] {result.id}: acc {m['accuracy']:.4f} F1 {m['f1_macro']:.4f} "
                 f"in {result.train_s:.1f}s ({result.train_img_s:.0f} img/s)"
             )
-        else:
-            self.note(f"[red]{result.status}[/red] {result.id}: {result.error}")
+            return
+        if trace:
+            self.note(f"[dim]{escape(trace)}[/dim]")
+        self.note(f"[red]{result.status}[/red] {escape(result.id)}: {escape(result.error or '')}")

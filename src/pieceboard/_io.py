@@ -6,6 +6,7 @@
   folders left by a crashed or killed process are removed by the next one.
 - `storage_errors`: a full disk, a read-only or missing folder, a name too long: one line naming the path
   (exit 2), never a traceback.
+- `lock_folder`: one writer per output folder; a second one fails at once, naming the holder.
 
 Files and folders get the permissions the user's umask gives ordinary files (temp files would be 0600 / 0700), so a
 results or cache folder shared with a group stays readable by it.
@@ -14,17 +15,23 @@ results or cache folder shared with a group stays readable by it.
 from __future__ import annotations
 
 import errno
+import fcntl
+import json
 import os
+import shlex
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 
 from pieceboard._console import PieceboardError
 
 COMPLETE = ".complete"  # written last inside a staged folder: its presence means the folder is whole
+LOCK = ".lock"  # inside a locked folder: flock'ed by the writer, and records who that is
 _STAGING = ".staging"  # suffix of temporary folders; the name also carries host and pid to find stale ones
 
 
@@ -51,6 +58,7 @@ _STORAGE_ERRNOS = {
     errno.ENOTDIR: "a parent is a file, not a folder",
     errno.EEXIST: "a file is in the way",
     errno.EISDIR: "is a folder, not a file",
+    errno.ENOLCK: "the file system offers no locks",
 }
 
 
@@ -182,3 +190,87 @@ def staged_folder(target: Path, note: str = "") -> Iterator[Path]:
                     raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class FolderInUse(PieceboardError):
+    """Another process holds the lock on a folder (see `lock_folder`)."""
+
+
+# Lock files held by this process. A child made by fork() inherits their descriptors, and with them the lock: a
+# decoder worker that outlived a killed parent would keep the folder locked. The child closes its copies (closing,
+# unlike LOCK_UN, leaves the parent's lock in place).
+_HELD: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD:
+        os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+@contextmanager
+def lock_folder(folder: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` while the block runs; a second writer fails at once, naming this one.
+
+    The lock is `fcntl.flock` on `<folder>/.lock`. The operating system releases it when its holder ends, however it
+    ends (kill -9 included), so a lock left by a dead process is simply taken over; the file's content only says who
+    holds it: pid, host, what it is doing, its command line and start time. The file stays in place afterwards
+    (removing it would let two processes lock two different files of the same name).
+
+    Args:
+        folder: The folder to lock; created if missing.
+        what: What the holder is doing, shown to a second writer, e.g. `pieceboard bench benchmarks/demo.toml`.
+
+    Raises:
+        FolderInUse: Another process holds the lock.
+        StorageError: The folder or its lock file cannot be created, or the file system has no locks.
+    """
+    path = make_folder(folder) / LOCK
+    with storage_errors(path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies, as for every file pieceboard writes
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderInUse(_in_use_message(folder, path)) from None
+        except OSError:
+            os.close(fd)
+            raise
+    _HELD.add(fd)
+    try:
+        with storage_errors(path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _holder(what).encode(), 0)
+        yield
+    finally:
+        if fd in _HELD:  # not in a forked child, which closed its copy at the fork
+            _HELD.discard(fd)
+            with suppress(OSError):  # still locked, so nobody wrote since: an empty file tells a reader it is free
+                os.ftruncate(fd, 0)
+            os.close(fd)  # releases the lock
+
+
+def _holder(what: str) -> str:
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "what": what,
+        "command": shlex.join(sys.argv),
+        "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    return json.dumps(holder, indent=1) + "\n"
+
+
+def _in_use_message(folder: Path, path: Path) -> str:
+    advice = "wait for it to finish or use another output folder (--output)"
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        started = datetime.fromisoformat(holder["started"])
+        since = started.strftime("%H:%M" if started.date() == datetime.now().date() else "%Y-%m-%d %H:%M")
+        who = f"pid {holder['pid']} on host {holder['host']} ({holder['what']}, since {since})"
+    except (OSError, ValueError, KeyError, TypeError):  # the holder has only just taken the lock and not written yet
+        who = "another process"
+    return f"{folder} is in use by {who}; {advice}"

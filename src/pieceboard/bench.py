@@ -1,8 +1,12 @@
-"""Run a benchmark: every cell of the matrix, then the leaderboard.
+"""Run a benchmark: check the data, train every cell of the matrix that has no result yet, write the leaderboard.
 
-    accelerate launch -m pieceboard.bench benchmarks/demo.toml [--output DIR] [--set KEY=VALUE ...]
-    python -m pieceboard.bench benchmarks/demo.toml --set defaults.epochs=1
+    python -m pieceboard.bench benchmarks/demo.toml [--output DIR] [--set KEY=VALUE ...] [--jobs N] [--dry-run]
+    accelerate launch -m pieceboard.bench benchmarks/demo.toml
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m pieceboard.bench benchmarks/demo.toml
+
+One process (the usual case) runs the cells in `jobs` worker processes side by side (pieceboard.jobs); under a
+launcher with several processes, every process trains each cell together (`parallel = "data"`) or each runs its
+own share of the cells (`parallel = "cells"`).
 
 Exit codes: 0 every run completed; 1 some run failed (the others still ran and were written); 2 the input is
 wrong (one message, nothing trained); 130 interrupted (finished runs are kept; a rerun does the rest).
@@ -10,14 +14,14 @@ wrong (one message, nothing trained); 130 interrupted (finished runs are kept; a
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import functools
 import hashlib
+import os
 import sys
 import time
-import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +29,40 @@ import numpy as np
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from rich.console import Console
+from rich.table import Table
 
-from pieceboard._console import Display, PieceboardError, check_stop, install_stop_handlers, print_error, wide_console
+from pieceboard._console import (
+    Display,
+    PieceboardError,
+    bench_parser,
+    check_stop,
+    install_stop_handlers,
+    print_error,
+    wide_console,
+)
+from pieceboard._io import lock_folder, make_folder
 from pieceboard.config import Cell, Config, load_config
 from pieceboard.data import MANIFEST, Manifest, build_cache, cache_root, channel_stats, make_manifest
-from pieceboard.device import device_type, make_accelerator, resolve_precision
+from pieceboard.device import device_type, resolve_precision
+from pieceboard.jobs import CellTask, WorkerPool, WorkerSpec, run_cell, run_data
 from pieceboard.leaderboard import Leaderboard
 from pieceboard.models import probe, resolve_weights
-from pieceboard.results import RESULT, RunResult, finished, run_dir, save_result
+from pieceboard.results import RESULT, RunResult, finished, read_result, run_dir, save_result
 from pieceboard.tracking import Tracker, resolve_mode
-from pieceboard.train import NonFiniteLoss, RunData, fit
+
+GPU_PACK = 4  # cells per GPU with jobs = "auto": 4 resnet18 trainings side by side gave 3.9x the throughput of one
+# on an H200 (the step is launch-bound); more would contend for memory with larger models
+RANKS = ".ranks"  # with parallel = "cells", each process marks here that it finished its share
 
 
-def _run_data(manifest: Manifest, pixels: np.ndarray, cache_s: float, need_stats: bool) -> RunData:
-    train = manifest.train_indices
-    # Only scratch runs normalise with the dataset's statistics; pretrained ones use their backbone's config.
-    stats = channel_stats(pixels, train) if need_stats else None
-    return RunData(pixels, manifest.labels, train, manifest.test_indices, manifest.class_names, stats, cache_s)
+@dataclass
+class Plan:
+    """What the preflight resolved for one cell."""
+
+    weights: str | None
+    precision: str
+    cost: float  # relative training cost, to start the longest cells first
+    problem: str | None = None  # what stops this cell (only collected by a dry run)
 
 
 def _main_first(state: PartialState, work: Callable[[], Any]) -> Any:
@@ -64,31 +85,41 @@ def _main_first(state: PartialState, work: Callable[[], Any]) -> Any:
     return result if state.is_main_process else work()
 
 
-def _preflight(config: Config, processes: int) -> tuple[dict[str, str | None], dict[str, str]]:
-    """Everything that can be wrong before training: batch split, weights and precision for every cell."""
-    weights, precisions = {}, {}
+def _preflight(config: Config, processes: int, strict: bool = True) -> dict[str, Plan]:
+    """Everything that can be wrong before training: batch split, weights, image size and precision of each cell.
+
+    Raises:
+        PieceboardError: The first problem found, unless `strict` is False (then each plan names its problem).
+    """
+    plans = {}
     device = device_type()
+    where = config.path or "<config>"
     for cell in config.cells:
-        if cell.settings.batch_size < 2 * processes:
+        batch = cell.settings.batch_size
+        if batch < 2 * processes:
             raise PieceboardError(
-                f"{config.path or '<config>'}: [[runs]] '{cell.run}': batch_size {cell.settings.batch_size} gives "
-                f"fewer than 2 images to each of the {processes} processes; BatchNorm cannot train on one image"
+                f"{where}: [[runs]] '{cell.run}': batch_size {batch} gives fewer than 2 images to each of the "
+                f"{processes} processes; BatchNorm cannot train on one image"
             )
-        if cell.settings.batch_size % processes:
+        if batch % processes:
             raise PieceboardError(
-                f"{config.path or '<config>'}: [[runs]] '{cell.run}': batch_size {cell.settings.batch_size} is the "
-                f"global batch and must divide evenly over the {processes} processes (e.g. "
-                f"{processes * max(1, cell.settings.batch_size // processes)})"
+                f"{where}: [[runs]] '{cell.run}': batch_size {batch} is the global batch and must divide evenly over "
+                f"the {processes} processes (e.g. {processes * max(1, batch // processes)})"
             )
         try:
-            weights[cell.id] = resolve_weights(cell.model, cell.mode, cell.weights)
+            weights = resolve_weights(cell.model, cell.mode, cell.weights)
             traits = probe(cell.model, cell.settings.image_size)
-            precisions[cell.id] = resolve_precision(
+            precision = resolve_precision(
                 cell.settings.precision, device, traits.depthwise, traits.strided_conv_on_one_pixel
             )
         except PieceboardError as exc:
-            raise PieceboardError(f"{config.path or '<config>'}: [[runs]] '{cell.run}': {exc}") from None
-    return weights, precisions
+            if strict:
+                raise PieceboardError(f"{where}: [[runs]] '{cell.run}': {exc}") from None
+            plans[cell.id] = Plan(None, "-", 0.0, str(exc))
+            continue
+        # Training costs about 3 forward passes per image; the split is the same for every cell.
+        plans[cell.id] = Plan(weights, precision, 3 * traits.gflops * cell.settings.epochs)
+    return plans
 
 
 def _stored_config(cell: Cell, config: Config, manifest_digest: str) -> dict[str, Any]:
@@ -97,11 +128,17 @@ def _stored_config(cell: Cell, config: Config, manifest_digest: str) -> dict[str
     return cell.to_dict() | {"data": data}
 
 
+def _manifest_digest(output: Path) -> str:
+    return hashlib.sha256((output / MANIFEST).read_bytes()).hexdigest()[:16]
+
+
 def run(
     source: str | Path | dict[str, Any],
     output: str | Path | None = None,
     overrides: list[str] | None = None,
     console: Console | None = None,
+    jobs: int | None = None,
+    threads: int | None = None,
 ) -> list[RunResult]:
     """Run every cell of a benchmark that has no completed result yet, and write the leaderboard.
 
@@ -110,6 +147,8 @@ def run(
         output: Output folder; default `[benchmark] output` or `results/<name>`.
         overrides: `KEY=VALUE` strings with dotted keys, as `--set` takes them.
         console: Where the progress and leaderboard go; default stdout.
+        jobs: Cells trained at once; default `[benchmark] jobs`.
+        threads: CPU threads per cell; default `[benchmark] threads`.
 
     Returns:
         One result per cell, in matrix order (stored ones included).
@@ -123,123 +162,289 @@ def run(
     state = PartialState(cpu=device_type() == "cpu")
     main = state.is_main_process
     console = console or wide_console()
-    weights, precisions = _preflight(config, state.num_processes)
-    tracker = Tracker(
-        resolve_mode(config.benchmark.wandb),
-        config.benchmark.wandb_project or config.benchmark.name,
-        output,
-        active=main,
-    )
-    results: list[RunResult] = []
-    caches: dict[int, RunData] = {}
-    with Display(console, len(config.cells), main) as display:
+    plans = _preflight(config, state.num_processes)
+    with ExitStack() as held, Display(console, len(config.cells), main) as display:
+        # One benchmark per output folder: a second writer stops here, naming the first (issue: two splits mixed).
+        what = f"pieceboard bench {source}" if not isinstance(source, dict) else "pieceboard.run(...)"
+        _main_first(state, lambda: held.enter_context(lock_folder(output, what)) if main else None)
         manifest = _main_first(state, lambda: make_manifest(config.data, output, display.stage if main else None))
-        n_test = int(manifest.is_test.sum())
-        manifest_digest = hashlib.sha256((output / MANIFEST).read_bytes()).hexdigest()[:16]
-        display.note(
-            f"[bold]{config.benchmark.name}[/bold]: {len(manifest.paths)} images, {len(manifest.class_names)} classes, "
-            f"{len(manifest.paths) - n_test} train / {n_test} test, {len(manifest.skipped)} skipped as undecodable; "
-            f"{len(config.cells)} runs on {state.num_processes} process(es) -> {output}"
-        )
+        digest = _manifest_digest(output)
+        _describe(config, manifest, state, output, display)
+        results, todo = _kept(config, output, digest, display)
         try:
-            for cell in config.cells:
-                check_stop()
-                stored_config = _stored_config(cell, config, manifest_digest)
-                stored = finished(output, cell.id, stored_config)
-                if stored is not None:
-                    results.append(stored)
-                    display.skip(f"[dim]kept[/dim] {cell.id} (completed earlier)")
-                    continue
-                size = cell.settings.image_size
-                if size not in caches:
-                    started = time.perf_counter()
-                    progress = display.stage if main else None
-                    build = functools.partial(build_cache, manifest.files(), size, cache_root(config.data), progress)
-                    pixels = _main_first(state, build)
-                    scratch = any(c.mode == "scratch" and c.settings.image_size == size for c in config.cells)
-                    caches[size] = _run_data(manifest, pixels, time.perf_counter() - started, scratch)
-                display.start_run(cell)
-                result, predictions = _run_cell(
-                    cell,
-                    stored_config,
-                    caches[size],
-                    weights[cell.id],
-                    precisions[cell.id],
-                    tracker,
-                    display,
-                    config.benchmark.name,
-                    output,
-                )
-                if main:
-                    save_result(output, result, _prediction_rows(manifest, caches[size], predictions))
-                state.wait_for_everyone()
-                results.append(result)
-                display.end_run(result)
+            if todo:
+                tasks = _tasks(config, state, manifest, todo, plans, digest, output, display)
+                if state.num_processes > 1 and config.benchmark.parallel == "data":
+                    results += _run_here(config, state, manifest, tasks, output, display)
+                else:
+                    results += _run_in_workers(
+                        config, state, tasks, plans, output, display, source, overrides, jobs, threads
+                    )
+            check_stop()
         except KeyboardInterrupt:
             if main:
-                reason = "interrupted before it finished; rerun to continue"
-                _record_skipped(config, output, results, reason, manifest_digest)
+                _record_skipped(config, output, results, "interrupted before it finished; rerun to continue", digest)
                 Leaderboard.from_results(results).write(output)
             raise
-    board = Leaderboard.from_results(results)
+    order = {cell.id: i for i, cell in enumerate(config.cells)}
+    results.sort(key=lambda r: order.get(r.id, len(order)))
     if main:
-        board.write(output)
-        console.print(board.table(title=f"{config.benchmark.name} — {output}"))
-        if (seeds := board.seed_table()) is not None:
-            console.print(seeds)
+        _finish(config, results, output, console)
     return results
 
 
-def _run_cell(
-    cell: Cell,
-    stored_config: dict[str, Any],
-    data: RunData,
-    weights_file: str | None,
-    precision: str,
-    tracker: Tracker,
-    display: Display,
-    group: str,
-    output: Path,
-) -> tuple[RunResult, np.ndarray | None]:
-    """Fit one cell; an exception becomes a failed result so that the matrix goes on."""
-    accelerator = make_accelerator(precision)
-    tracker.start(cell.id, stored_config, group)
+def _describe(config: Config, manifest: Manifest, state: PartialState, output: Path, display: Display) -> None:
+    n_test = int(manifest.is_test.sum())
+    n_train = len(manifest.paths) - n_test
+    display.note(
+        f"[bold]{config.benchmark.name}[/bold]: {len(manifest.paths)} images, {len(manifest.class_names)} classes, "
+        f"{n_train} train / {n_test} test, {len(manifest.skipped)} skipped; {len(config.cells)} runs on "
+        f"{state.num_processes} process(es) -> {output}"
+    )
+    for warning in data_warnings(config, manifest):
+        display.note(f"[yellow]warning[/yellow]: {warning}")
 
-    def log(event: dict[str, Any]) -> None:
-        tracker.log(event)
-        display.event(event)
 
-    try:
-        outcome = fit(cell, data, accelerator, weights_file=weights_file, log=log)
-    except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}".strip()
-        display.note(f"[dim]{traceback.format_exc(limit=-3)}[/dim]")
-        tracker.finish(failed=True)
-        failed = RunResult(
-            id=cell.id, status="failed", config=stored_config, error=message, cache_s=data.cache_s, precision=precision
+def data_warnings(config: Config, manifest: Manifest) -> list[str]:
+    """What about the split makes scores fragile: a tiny test split, batches larger than the training split."""
+    warnings = []
+    n_test = int(manifest.is_test.sum())
+    n_train = len(manifest.paths) - n_test
+    if n_test < 100:
+        warnings.append(
+            f"the test split has {n_test} images: one image moves accuracy by {100 / n_test:.1f} points, so small "
+            f"differences between runs are noise"
         )
-        if accelerator.num_processes > 1 and not isinstance(exc, NonFiniteLoss):
-            # Only a divergence is detected by all processes at once. Any other error hit this process alone
-            # while the others wait in a collective: record it, then end the job (torchrun stops the rest).
-            save_result(output, failed)
-            raise
-        return failed, None
+    for size in sorted({c.settings.batch_size for c in config.cells if c.settings.batch_size > n_train}):
+        runs = sorted({c.run for c in config.cells if c.settings.batch_size == size})
+        warnings.append(
+            f"batch_size {size} ({', '.join(runs)}) is larger than the {n_train} training images: one step per epoch"
+        )
+    return warnings
+
+
+def _kept(config: Config, output: Path, digest: str, display: Display) -> tuple[list[RunResult], list[Cell]]:
+    """Completed results stored with the same configuration, and the cells still to run."""
+    kept, todo = [], []
+    for cell in config.cells:
+        stored = finished(output, cell.id, _stored_config(cell, config, digest))
+        if stored is None:
+            todo.append(cell)
+        else:
+            kept.append(stored)
+            display.skip(f"[dim]kept[/dim] {cell.id} (completed earlier)")
+    return kept, todo
+
+
+def _tasks(
+    config: Config,
+    state: PartialState,
+    manifest: Manifest,
+    todo: list[Cell],
+    plans: dict[str, Plan],
+    digest: str,
+    output: Path,
+    display: Display,
+) -> list[CellTask]:
+    """Build the caches the cells need (once, on the main process first) and describe each cell as a task."""
+    progress = display.stage if state.is_main_process else None
+    caches: dict[int, tuple[np.ndarray, float, Any]] = {}
+    for size in sorted({cell.settings.image_size for cell in todo}):
+        started = time.perf_counter()
+        build = functools.partial(
+            build_cache, manifest.files(), size, cache_root(config.data), progress, digests=manifest.digests
+        )
+        pixels = _main_first(state, build)
+        # Only scratch runs normalise with the training split's statistics; pretrained ones use their backbone's.
+        scratch = any(c.mode == "scratch" for c in todo if c.settings.image_size == size)
+        stats = channel_stats(pixels, manifest.train_indices) if scratch else None
+        caches[size] = (pixels, time.perf_counter() - started, stats)
+    tasks = []
+    for cell in todo:
+        pixels, cache_s, stats = caches[cell.settings.image_size]
+        plan = plans[cell.id]
+        stored = _stored_config(cell, config, digest)
+        tasks.append(CellTask(cell.id, stored, plan.precision, plan.weights, str(pixels.filename), stats, cache_s))
+    return tasks
+
+
+def _tracker(config: Config, output: Path, active: bool = True) -> Tracker:
+    project = config.benchmark.wandb_project or config.benchmark.name
+    return Tracker(resolve_mode(config.benchmark.wandb), project, output, config.benchmark.name, active=active)
+
+
+def _run_here(
+    config: Config, state: PartialState, manifest: Manifest, tasks: list[CellTask], output: Path, display: Display
+) -> list[RunResult]:
+    """Data parallel: every process trains each cell together, in this process."""
+    cells = {cell.id: cell for cell in config.cells}
+    tracker = _tracker(config, output, active=state.is_main_process)
+    results = []
+    for task in tasks:
+        check_stop()
+        cell = cells[task.cell_id]
+        data = run_data(manifest, np.load(task.pixels, mmap_mode="r"), task.mean_std, task.cache_s)
+        display.start_run(cell)
+        outcome = run_cell(cell, task, data, manifest, tracker, functools.partial(display.event, cell.id), output)
+        if state.is_main_process:
+            save_result(output, outcome.result, outcome.predictions)
+        state.wait_for_everyone()
+        results.append(outcome.result)
+        display.end_run(outcome.result, outcome.trace)
+    return results
+
+
+def worker_slots(jobs: int | str, threads: int | str, tasks: int, local: tuple[int, int] = (0, 1)) -> tuple:
+    """The device of each worker (None on a CPU) and the CPU threads each gets.
+
+    Args:
+        jobs: `[benchmark] jobs` or --jobs: a number, or "auto" (every core on a CPU, `GPU_PACK` per GPU).
+        threads: `[benchmark] threads` or --threads: a number, or "auto" (1 on a CPU, the cores shared on a GPU).
+        tasks: Cells to run; never more workers than that.
+        local: (this process's index, processes) on this machine, when several share it (parallel = "cells").
+
+    Returns:
+        (slots, threads per worker).
+    """
+    index, count = local
+    cores = max(1, len(os.sched_getaffinity(0)) // count)
+    if device_type() == "cuda":
+        import torch
+
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        devices = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        devices = devices[index::count] or devices[index % len(devices) :][:1]
+        wanted = len(devices) * GPU_PACK if jobs == "auto" else int(jobs)
+        n = max(1, min(wanted, tasks))
+        per = max(1, cores // n) if threads == "auto" else int(threads)
+        return [devices[i % len(devices)] for i in range(n)], per
+    # On a CPU one thread per cell, every core busy with its own cell: thread pools that busy-wait collapse when
+    # the cores are shared (measured with benchmarks/threads.py; see docs/training.md), and the figures of a cell
+    # then do not depend on --jobs.
+    per = 1 if threads == "auto" else int(threads)
+    wanted = max(1, cores // per) if jobs == "auto" else int(jobs)
+    return [None] * max(1, min(wanted, tasks)), per
+
+
+def _share(tasks: list[CellTask], cost: dict[str, float], rank: int, world: int) -> list[CellTask]:
+    """This process's cells with parallel = "cells": longest first, each to the least loaded process."""
+    loads = [0.0] * world
+    mine = []
+    for task in sorted(tasks, key=lambda t: -cost[t.cell_id]):
+        target = loads.index(min(loads))
+        loads[target] += cost[task.cell_id]
+        if target == rank:
+            mine.append(task)
+    return mine
+
+
+def _run_in_workers(
+    config: Config,
+    state: PartialState,
+    tasks: list[CellTask],
+    plans: dict[str, Plan],
+    output: Path,
+    display: Display,
+    source: str | Path | dict[str, Any],
+    overrides: list[str] | None,
+    jobs: int | None,
+    threads: int | None,
+) -> list[RunResult]:
+    """Cells side by side in worker processes; with parallel = "cells" only this process's share."""
+    cells = {cell.id: cell for cell in config.cells}
+    world = state.num_processes
+    cost = {t.cell_id: plans[t.cell_id].cost for t in tasks}
+    if world > 1:
+        tasks = _share(tasks, cost, state.process_index, world)
+    else:
+        tasks = sorted(tasks, key=lambda t: -cost[t.cell_id])
+    local = (state.local_process_index, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    slots, per_worker = worker_slots(
+        jobs or config.benchmark.jobs, threads or config.benchmark.threads, len(tasks), local
+    )
+    tracker = _tracker(config, output)
+    spec = WorkerSpec(
+        source=str(source) if isinstance(source, Path) else source,
+        overrides=list(overrides or []),
+        output=str(output),
+        wandb_mode=tracker.mode,
+        wandb_project=tracker.project,
+        group=tracker.group,
+        threads=per_worker,
+    )
+    if state.is_main_process:
+        display.note(f"training {len(tasks)} cell(s), {len(slots)} at a time, {per_worker} CPU thread(s) each")
+    results = []
+    try:
+        for event in WorkerPool(spec, slots).run(tasks):
+            if event.kind == "event":
+                if event.cell_id not in display.cells:
+                    display.start_run(cells[event.cell_id])
+                display.event(event.cell_id, event.event)
+            elif event.kind == "done":
+                results.append(event.result)
+                display.end_run(event.result, event.trace)
     finally:
-        accelerator.free_memory()
-    tracker.finish(outcome.metrics | {"train_img_s": outcome.train_img_s, "params": outcome.params})
-    measured = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(RunResult) if hasattr(outcome, f.name)}
-    result = RunResult(id=cell.id, status="completed", config=stored_config, cache_s=data.cache_s, **measured)
-    return result, outcome.predictions
+        if world > 1:
+            (make_folder(output / RANKS) / str(state.process_index)).write_text("done\n")
+    if world > 1 and state.is_main_process:
+        results = _gather_ranks(config, output, world, results)
+    return results
 
 
-def _prediction_rows(manifest: Manifest, data: RunData, predictions: np.ndarray | None) -> list[tuple] | None:
-    if predictions is None:
-        return None
-    names = manifest.class_names
-    return [
-        (int(i), manifest.paths[i], names[int(data.labels[i])], names[int(p)])
-        for i, p in zip(data.test_indices, predictions, strict=True)
-    ]
+def _gather_ranks(config: Config, output: Path, world: int, mine: list[RunResult]) -> list[RunResult]:
+    """With parallel = "cells", wait until every process finished its share, then read their results."""
+    marks = output / RANKS
+    while not all((marks / str(rank)).exists() for rank in range(world)):
+        check_stop()
+        time.sleep(1.0)  # the other processes write their marks; torchrun ends the job if one of them dies
+    for rank in range(world):
+        (marks / str(rank)).unlink(missing_ok=True)
+    ids = {r.id for r in mine}
+    others = [run_dir(output, c.id) / RESULT for c in config.cells if c.id not in ids]
+    return mine + [read_result(path) for path in others if path.exists()]
+
+
+def dry_run(source: str | Path | dict[str, Any], output: str | Path | None = None, overrides=None) -> Table:
+    """What `run` would do, without doing it: every cell with its resolved settings and whether it is kept or run.
+
+    Nothing is written; a cell is `kept` only if its completed result matches the split already stored in the
+    output folder.
+    """
+    config = load_config(source, overrides)
+    output = Path(output) if output else config.output
+    plans = _preflight(config, 1, strict=False)
+    digest = _manifest_digest(output) if (output / MANIFEST).exists() else None
+    table = Table(title=f"{config.benchmark.name}: {len(config.cells)} cells -> {output}", header_style="bold")
+    for header in ("run", "model", "mode", "px", "batch", "epochs", "lr", "precision", "weights", "action"):
+        table.add_column(header, justify="right" if header in ("px", "batch", "epochs", "lr") else "left")
+    for cell in config.cells:
+        s, plan = cell.settings, plans[cell.id]
+        action = plan.problem or _action(output, cell, _stored_config(cell, config, digest) if digest else None)
+        weights = Path(plan.weights).name if plan.weights else "-"
+        row = (cell.id, cell.model, cell.mode, s.image_size, s.batch_size, s.epochs, f"{s.lr:g}", plan.precision)
+        table.add_row(*map(str, row), weights, action)
+    return table
+
+
+def _action(output: Path, cell: Cell, stored_config: dict[str, Any] | None) -> str:
+    path = run_dir(output, cell.id) / RESULT
+    if not path.exists():
+        return "run"
+    if stored_config is not None and finished(output, cell.id, stored_config) is not None:
+        return "kept"
+    status = read_result(path).status
+    return {"completed": "rerun (settings or split changed)", "corrupt": "rerun (damaged result)"}.get(
+        status, f"rerun ({status} earlier)"
+    )
+
+
+def _finish(config: Config, results: list[RunResult], output: Path, console: Console) -> None:
+    board = Leaderboard.from_results(results)
+    board.write(output)
+    console.print(board.table(title=f"{config.benchmark.name} — {output}"))
+    if (seeds := board.seed_table()) is not None:
+        console.print(seeds)
 
 
 def _record_skipped(config: Config, output: Path, results: list[RunResult], reason: str, digest: str) -> None:
@@ -252,29 +457,16 @@ def _record_skipped(config: Config, output: Path, results: list[RunResult], reas
             results.append(result)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The `bench` command line."""
-    parser = argparse.ArgumentParser(prog="pieceboard bench", description="Run a pieceboard benchmark file.")
-    parser.add_argument("file", help="benchmark TOML file, e.g. benchmarks/demo.toml")
-    parser.add_argument("--output", "-o", help="output folder (default: [benchmark] output or results/<name>)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the file with a dotted key, e.g. --set defaults.epochs=3 (repeatable)",
-    )
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m pieceboard.bench`; returns the exit code."""
-    args = parse_args(argv)
+    args = bench_parser().parse_args(argv)
     # Finished runs are kept and the others are marked skipped; a rerun does the rest.
     install_stop_handlers()
     try:
-        results = run(args.file, output=args.output, overrides=args.overrides)
+        if args.dry_run:
+            wide_console().print(dry_run(args.file, args.output, args.overrides))
+            return 0
+        results = run(args.file, output=args.output, overrides=args.overrides, jobs=args.jobs, threads=args.threads)
     except PieceboardError as exc:
         print_error(exc)
         return 2

@@ -5,6 +5,9 @@ pieceboard leaderboard results/demo --format md
 pieceboard report results/demo
 pieceboard compare results/demo mlp@16px mlp@32px
 pieceboard prefetch benchmarks/all.toml
+
+Each subcommand imports what it needs when it runs: torch, timm and the leaderboard's dependencies take seconds to
+load, and `pieceboard --help` or `--version` need none of them.
 """
 
 from __future__ import annotations
@@ -14,10 +17,21 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
-from pieceboard._console import PieceboardError
+from pieceboard._console import PieceboardError, version_text
 
+PROBE_TIMEOUT_S = 5.0  # for the one request that tells whether a weights server answers at all
 ACC_FRACTION_HELP = "time to accuracy: the fraction of each run's best accuracy to reach (default 0.95)"
+
+
+class _Source(NamedTuple):
+    """Where timm downloads a model's weights from, and where a copy goes in the local cache."""
+
+    server: str  # scheme://host, asked once whether it answers
+    name: str  # the hub repository or the file's URL
+    item: str  # what to copy: the repository's cache folder, or the file
+    cache: Path  # where to copy it
 
 
 def _output_dir(path: str) -> Path:
@@ -94,12 +108,26 @@ def _prefetch(args: argparse.Namespace) -> int:
 
     config = load_config(args.file, args.overrides)
     failed = []
+    servers: dict[str, str | None] = {}  # server -> why it cannot be reached (None: it answers); asked once each
     for model in sorted({c.model for c in config.cells if c.mode != "scratch" and c.weights is None}):
         try:
             print(f"{model}: cached at {resolve_weights(model, 'finetune', None)}")
             continue
-        except WeightsError:
-            pass
+        except WeightsError as exc:
+            missing = str(exc)
+        source = _weights_source(model)
+        if source is None:  # no published weights: resolve_weights's message says what to do
+            failed.append(missing)
+            continue
+        if source.server not in servers:
+            servers[source.server] = _unreachable(source.server)
+        if (why := servers[source.server]) is not None:
+            failed.append(
+                f"{model}: pretrained weights {source.name} are not in the cache and {source.server} cannot be "
+                f'reached ({why}); set weights = "path/to/model.safetensors" in its run, or copy {source.item} from '
+                f"the cache of a machine that is online into {source.cache}"
+            )
+            continue
         try:
             timm.create_model(model, pretrained=True)
         except Exception as exc:  # network or hub errors: name the model, keep going for the others
@@ -109,6 +137,50 @@ def _prefetch(args: argparse.Namespace) -> int:
     if failed:
         raise PieceboardError("\n".join(failed))
     return 0
+
+
+def _weights_source(model: str) -> _Source | None:
+    """Where timm would download `model`'s weights from; None if it has no published weights."""
+    from urllib.parse import urlsplit
+
+    import huggingface_hub.constants
+    import timm.models
+    import torch.hub
+
+    cfg = timm.models.get_pretrained_cfg(model)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:  # timm prefers the hub when a model has both
+        repo = cfg.hf_hub_id.partition("@")[0]
+        folder = "models--" + repo.replace("/", "--")  # huggingface_hub's cache layout
+        return _Source(huggingface_hub.constants.ENDPOINT, repo, folder, Path(huggingface_hub.constants.HF_HUB_CACHE))
+    if cfg.url:
+        parts = urlsplit(cfg.url)
+        checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+        return _Source(f"{parts.scheme}://{parts.netloc}", cfg.url, Path(parts.path).name, checkpoints)
+    return None
+
+
+def _unreachable(server: str) -> str | None:
+    """Why `server` cannot be reached, from one request without retries; None if it answers at all."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    import huggingface_hub.constants
+
+    if server == huggingface_hub.constants.ENDPOINT and huggingface_hub.constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        urllib.request.urlopen(urllib.request.Request(server, method="HEAD"), timeout=PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return None  # an HTTP status is an answer: the server is there
+    except urllib.error.URLError as exc:
+        # A certificate this probe cannot check (a company's own CA, say) may still work for the hub's client.
+        return None if isinstance(exc.reason, ssl.SSLError) else str(exc.reason)
+    except OSError as exc:  # a timeout, or a connection closed without an answer
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def _parse_case(text: str) -> tuple[str, int]:
@@ -157,6 +229,7 @@ def _throughput(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands."""
     parser = argparse.ArgumentParser(prog="pieceboard", description="Benchmark image classifiers on your images.")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="run a benchmark file", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
@@ -176,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("run_b", metavar="RUN_B", help="the same, for the other run")
     pair.add_argument("--json", action="store_true", help="print the comparison as JSON")
     pair.set_defaults(handler=_compare)
-    prefetch = sub.add_parser("prefetch", help="download every pretrained weight a benchmark needs (online)")
+    prefetch = sub.add_parser(
+        "prefetch", help="download every pretrained weight a benchmark needs (online); says at once when offline"
+    )
     prefetch.add_argument("file")
     prefetch.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     prefetch.set_defaults(handler=_prefetch)
@@ -205,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pieceboard` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
+        if {"-h", "--help", "--version"} & set(argv[1:]):  # answered without loading torch
+            from pieceboard._console import bench_parser
+
+            bench_parser().parse_args(argv[1:])
         from pieceboard.bench import main as bench_main
 
         return bench_main(argv[1:])

@@ -13,13 +13,16 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import json
+import math
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model
+from pydantic_core import PydanticCustomError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,10 +33,26 @@ from pieceboard._console import PieceboardError
 
 MLP_NAME = "pieceboard_mlp"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# accelerate's set_seed passes the seed to numpy's legacy np.random.seed, which takes 0 <= seed < 2**32 only.
+SEED_LIMIT = 2**32
+# The benchmark name and every cell id name a folder; a file or folder name holds at most 255 bytes (NAME_MAX on
+# Linux and macOS). Keep room for what pieceboard adds around a name: the temporary name of an atomic write
+# (`.NAME.` + 8 random characters, `pieceboard._io.atomic_write_text`) and an extension such as `.json` or `.png`.
+MAX_NAME_BYTES = 200
 
 
 class ConfigError(PieceboardError):
     """A benchmark file, or an override of it, is invalid."""
+
+
+def _not_blank(path: str) -> str:
+    # Path("") is the current directory: an empty value would silently read or write there.
+    if not path.strip():
+        raise PydanticCustomError("blank_path", 'an empty path is refused; write "." for the current directory')
+    return path
+
+
+PathText = Annotated[str, AfterValidator(_not_blank)]
 
 
 class _Table(BaseModel):
@@ -45,20 +64,33 @@ class BenchmarkTable(_Table):
     """`[benchmark]`: what the study is called and where it writes."""
 
     name: str = Field("benchmark", description="Names the study; the output defaults to results/<name>.")
-    output: str | None = Field(None, description="Output folder; default results/<name>.")
+    output: PathText | None = Field(None, description="Output folder; default results/<name>.")
     wandb: Literal["auto", "online", "offline", "off"] = Field(
         "auto", description="Weights & Biases: auto = online with an API key, otherwise offline files."
     )
     wandb_project: str | None = Field(None, description="W&B project; default: the benchmark name.")
+    jobs: PositiveInt | Literal["auto"] = Field(
+        "auto", description="Cells trained at once, each in its own process; auto: every core, or 4 per GPU."
+    )
+    threads: PositiveInt | Literal["auto"] = Field(
+        "auto", description="CPU threads of each cell's process; auto: 1 on a CPU (see docs: figures and load)."
+    )
+    parallel: Literal["data", "cells"] = Field(
+        "data",
+        description="Under a multi-process launch: data = every process trains each cell together; cells = each "
+        "process runs its own share of the cells.",
+    )
 
 
 class DataTable(_Table):
     """`[data]`: the folder and how it is split."""
 
-    path: str = Field(..., description="A folder of class folders, or builtin:digits.")
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each class held out for testing.")
-    split_seed: int = Field(0, ge=0, description="Seed of the stratified split.")
-    cache_dir: str | None = Field(None, description="Decoded-image cache; default $PIECEBOARD_CACHE or ~/.cache.")
+    path: PathText = Field(..., description="A folder of class folders, or builtin:digits.")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, allow_inf_nan=False, description="Share of each class held out for testing."
+    )
+    split_seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="Seed of the stratified split.")
+    cache_dir: PathText | None = Field(None, description="Decoded-image cache; default $PIECEBOARD_CACHE or ~/.cache.")
 
 
 class TrainSettings(_Table):
@@ -68,8 +100,8 @@ class TrainSettings(_Table):
     batch_size: int = Field(32, gt=0, description="Global batch: split across processes.")
     image_size: int = Field(200, ge=8, le=2048, description="Images are resized to this square size.")
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="Through timm's optimizer factory.")
-    lr: float = Field(1e-3, gt=0, description="Learning rate of the global batch.")
-    weight_decay: float = Field(1e-4, ge=0, description="Not applied to biases and norm layers.")
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False, description="Learning rate of the global batch.")
+    weight_decay: float = Field(1e-4, ge=0, allow_inf_nan=False, description="Not applied to biases and norm layers.")
     scheduler: Literal["cosine", "step", "none"] = Field("cosine", description="Per-step LR schedule.")
     warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs (cosine and step schedules).")
     precision: Literal["no", "bf16", "fp16", "auto"] = Field("auto", description="Mixed precision.")
@@ -78,7 +110,10 @@ class TrainSettings(_Table):
         default_factory=list, description="Batch augmentations on the device: hflip, crop (random resized)."
     )
     log_every: int = Field(20, gt=0, description="Batches between train-loss logs.")
-    seed: int = Field(0, ge=0, description="Seed of weights init and data order.")
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="Seed of weights init and data order.")
+    graphs: bool | Literal["auto"] = Field(
+        "auto", description="Capture the train and eval steps (torch.compile, CUDA graphs); auto: on a GPU if it pays."
+    )
 
 
 SETTING_KEYS = tuple(TrainSettings.model_fields)
@@ -97,7 +132,7 @@ class RunTable(_RunSettings):
     name: str = Field(..., description="Unique; a single safe path component.")
     model: str = Field(..., description="Any timm model name, or pieceboard_mlp.")
     mode: Literal["scratch", "finetune", "linear_probe"] = Field("finetune", description="How weights start/train.")
-    weights: str | None = Field(None, description="Local pretrained weights (.safetensors).")
+    weights: PathText | None = Field(None, description="Local pretrained weights (.safetensors).")
 
 
 class _File(_Table):
@@ -249,10 +284,38 @@ def _describe_all(errors: list[dict[str, Any]], raw: dict[str, Any], where: str)
             loc.append(part)
         key = tuple(err["loc"]) if err["type"] == "extra_forbidden" else tuple(loc)
         if key in merged and merged[key]["type"] != "extra_forbidden":
-            merged[key]["msg"] += f", or {err['msg'].lower()}"
+            merged[key]["text"] += f", or {_message(err)}"
         else:
-            merged[key] = dict(err, loc=key)
+            merged[key] = dict(err, loc=key, text=_message(err))
     return [_describe(err, raw, where) for err in merged.values()]
+
+
+def _message(err: dict[str, Any]) -> str:
+    """pydantic's message, starting in lower case, with the expected choices spelt as TOML strings ("auto")."""
+    text = err["msg"]
+    if err["type"] == "literal_error":
+        text = re.sub(r"'([^']*)'", r'"\1"', text)
+    return text[:1].lower() + text[1:]
+
+
+def toml_value(value: Any, limit: int = 80) -> str:
+    """A value as a TOML file spells it (`true`, `"text"`, `[1, 2]`, `inf`), cut short past `limit` characters."""
+    text = _toml(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a TOML basic string: double quotes, escapes on one line
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(_toml, value)) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{key} = {_toml(item)}" for key, item in value.items()) + " }"
+    return repr(value)
 
 
 def _describe(err: dict[str, Any], raw: dict[str, Any], where: str) -> str:
@@ -270,9 +333,8 @@ def _describe(err: dict[str, Any], raw: dict[str, Any], where: str) -> str:
     if err["type"] == "missing":
         return f"{where}: {table}: missing required key '{key}'"
     if tuple(err["loc"]) == ("runs",):
-        return f"{where}: [[runs]]: {err['msg'].lower()}; add at least one [[runs]] table"
-    got = f" (got {err['input']!r})" if not isinstance(err.get("input"), dict | list) else ""
-    return f"{where}: {table}: key '{key}': {err['msg'].lower()}{got}"
+        return f"{where}: [[runs]]: {err['text']}; add at least one [[runs]] table"
+    return f"{where}: {table}: key '{key}': {err['text']} (got {toml_value(err['input'])})"
 
 
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
@@ -305,20 +367,37 @@ def unknown_model(name: str) -> str | None:
     return f"unknown model '{name}'" + (f"; nearest timm names: {', '.join(near)}" if near else "")
 
 
+def _shorten(name: str, head: int = 24, tail: int = 16) -> str:
+    # A too-long name in a message keeps its start and end (a cell id's end is its matrix labels).
+    return name if len(name) <= head + tail + 1 else f"{name[:head]}…{name[-tail:]}"
+
+
+def _name_too_long(name: str) -> str | None:
+    size = len(name.encode("utf-8"))
+    if size <= MAX_NAME_BYTES:
+        return None
+    return f"{size} bytes, too long for a folder name (at most {MAX_NAME_BYTES})"
+
+
 def _check_runs(config: Config, where: str) -> None:
-    if not SAFE_NAME.fullmatch(config.benchmark.name):
+    name = config.benchmark.name
+    if not SAFE_NAME.fullmatch(name):
         raise ConfigError(
             f"{where}: [benchmark]: key 'name': must be one safe path component (letters, digits, . _ + -), "
-            f"since the output defaults to results/<name> (got {config.benchmark.name!r})"
+            f"since the output defaults to results/<name> (got {toml_value(name)})"
         )
+    if problem := _name_too_long(name):
+        raise ConfigError(f"{where}: [benchmark]: key 'name': {problem}, since the output defaults to results/<name>")
     seen: set[str] = set()
     for run in config.runs:
-        table = f"{where}: [[runs]] '{run.name}'"
+        table = f"{where}: [[runs]] '{_shorten(run.name)}'"
         if not SAFE_NAME.fullmatch(run.name):
             raise ConfigError(
                 f"{table}: key 'name': must be one safe path component (letters, digits, . _ + -; no '/', '@' or "
                 "spaces), since it names the run's result folder"
             )
+        if problem := _name_too_long(run.name):
+            raise ConfigError(f"{table}: key 'name': {problem}, since it names the run's result folder")
         if run.name in seen:
             raise ConfigError(f"{table}: key 'name': duplicate run name; every run needs its own")
         seen.add(run.name)
@@ -380,10 +459,15 @@ def expand(config: Config, where: str = "<config>") -> list[Cell]:
                 key = ".".join(map(str, first["loc"]))
                 table = "[matrix]" if first["loc"][0] in axes else f"[[runs]] '{run.name}'"
                 raise ConfigError(
-                    f"{where}: {table}: key '{key}': {first['msg'].lower()} (got {first.get('input')!r})"
+                    f"{where}: {table}: key '{key}': {_message(first)} (got {toml_value(first['input'])})"
                 ) from None
             labels = [_axis_label(a, v) for a, v in zip(axes, combo, strict=True)]
             cell_id = run.name + ("@" + "-".join(labels) if labels else "")
+            if problem := _name_too_long(cell_id):
+                raise ConfigError(
+                    f"{where}: [[runs]] '{_shorten(run.name)}': key 'name': the cell id '{_shorten(cell_id)}' is "
+                    f"{problem}, since it names the cell's result folder; shorten the run name or the [matrix] values"
+                )
             cells.append(Cell(cell_id, run.name, run.model, run.mode, run.weights, settings))
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):

@@ -331,8 +331,14 @@ GUARDS: list[tuple[str, Callable[[RunResult], Any]]] = [
     ("split", split_digest),
     ("epochs", lambda r: r.config.get("epochs")),
     ("augment", lambda r: r.config.get("augment")),
-    ("eval transform", lambda r: r.transform),
+    ("eval transform", lambda r: _transform_kind(r.transform)),
 ]
+
+
+def _transform_kind(transform: dict[str, Any]) -> dict[str, Any] | None:
+    """How images are resized and normalised at evaluation; not the statistics, which vary with the image size."""
+    kind = {key: transform[key] for key in ("resize", "normalize") if key in transform}
+    return kind or None  # {} in results written before the field
 
 
 def _show(value: Any) -> str:

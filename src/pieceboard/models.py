@@ -20,6 +20,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, register_model
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from pieceboard.config import MLP_NAME, PieceboardError, is_mlp
 
@@ -199,6 +200,7 @@ class Probe:
     depthwise: bool  # has depthwise convolutions (slower in bf16 than in fp32 on CPUs)
     feature_map: int | None  # side of the last feature map; None when the features are not a map (MLP, ViT)
     strided_conv_on_one_pixel: bool  # a 3x3 stride-2 convolution sees a 1x1 map (see `device.resolve_precision`)
+    gflops: float  # forward pass of one image
 
 
 @functools.lru_cache(maxsize=128)
@@ -220,14 +222,17 @@ def probe(model_name: str, image_size: int) -> Probe:
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
         for conv in convs:
             conv.register_forward_hook(spot)
+        counter = FlopCounterMode(display=False)
         try:
-            features = model.forward_features(torch.zeros(2, 3, image_size, image_size))
+            features = model.forward_features(torch.zeros(1, 3, image_size, image_size))
+            with counter:
+                model(torch.zeros(1, 3, image_size, image_size))
         except (RuntimeError, ValueError, AssertionError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise PieceboardError(f"{model_name} cannot take {image_size} px images: {message}") from None
     depthwise = any(c.groups > 1 and c.groups == c.in_channels for c in convs)
     feature_map = int(features.shape[-1]) if features.ndim == 4 else None
-    return Probe(depthwise, feature_map, bool(single_pixel))
+    return Probe(depthwise, feature_map, bool(single_pixel), counter.get_total_flops() / 1e9)
 
 
 def normalization(

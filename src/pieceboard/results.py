@@ -24,6 +24,8 @@ RUNS = "runs"
 RESULT = "result.json"
 PREDICTIONS = "predictions.csv"
 STATUSES = ("completed", "failed", "skipped", "corrupt")
+# Settings that change how a cell runs but not what it trains or scores: a stored result is kept whatever they were.
+EXECUTION_KEYS = ("graphs",)
 
 
 @dataclass
@@ -50,13 +52,13 @@ class RunResult:
     n_test: int | None = None
     precision: str | None = None
     channels_last: bool | None = None
-    environment: dict[str, Any] = field(default_factory=dict)
-    # Fields added later: results written before them read back as None.
-    latency_ms: float | None = None  # batch-1 inference, median of repeated timings
-    peak_mem_mb: float | None = None  # device memory, or process RSS on a CPU
+    latency_ms: float | None = None
+    peak_mem_mb: float | None = None
     compile_s: float | None = None
-    transform: dict[str, Any] | None = None  # evaluation transform: {"resize": ..., "normalize": ...}
-    train_log: list[dict[str, int | float]] | None = None  # {"update", "epoch", "step", "loss", "lr"} per log_every
+    transform: dict[str, Any] = field(default_factory=dict)
+    train_log: list[dict[str, int | float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready fields."""
@@ -132,6 +134,11 @@ def finished(output: Path, run_id: str, config: dict[str, Any]) -> RunResult | N
     if not path.exists():
         return None
     stored = read_result(path)
-    if stored.status == "completed" and stored.config == config and (path.parent / PREDICTIONS).exists():
+    same = _comparable(stored.config) == _comparable(config)
+    if stored.status == "completed" and same and (path.parent / PREDICTIONS).exists():
         return stored
     return None
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in EXECUTION_KEYS}

@@ -38,12 +38,12 @@ def resolve_mode(setting: str) -> str:
 class Tracker:
     """Logs train loss, per-epoch evaluation and final metrics of each cell to its own W&B run."""
 
-    def __init__(self, mode: str, project: str, output: Path, active: bool = True):
+    def __init__(self, mode: str, project: str, output: Path, group: str, active: bool = True):
         self.mode = mode if active else "off"
-        self.project, self.output = project, output
+        self.project, self.output, self.group = project, output, group
         self.run: Any = None
 
-    def start(self, run_id: str, config: dict[str, Any], group: str) -> None:
+    def start(self, run_id: str, config: dict[str, Any]) -> None:
         """Open the W&B run of one cell (closing any previous one first)."""
         if self.mode == "off":
             return
@@ -54,7 +54,7 @@ class Tracker:
         self.run = wandb.init(
             project=self.project,
             name=run_id,
-            group=group,
+            group=self.group,
             config=config,
             dir=str(self.output),
             mode=self.mode,

@@ -10,6 +10,7 @@ shard; the shards are gathered, checked for completeness and scored on every pro
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import time
@@ -28,13 +29,23 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from pieceboard._console import check_stop
+from pieceboard._image import RESIZE_METHOD
+from pieceboard.capture import Capture
 from pieceboard.config import Cell, PieceboardError
-from pieceboard.data import BatchLoader, augment, to_float
-from pieceboard.device import cpu_has_bf16, fused_kwargs, synchronize, use_channels_last
+from pieceboard.data import RESIDENT_SHARE, BatchLoader, augment, resident_copy, to_float
+from pieceboard.device import (
+    cpu_has_bf16,
+    fused_kwargs,
+    peak_memory_mb,
+    reset_peak_memory,
+    synchronize,
+    use_channels_last,
+)
 from pieceboard.metrics import classification_metrics
 from pieceboard.models import build_model, count_parameters, normalization, set_train_mode
 
 AUGMENT_SEED_STRIDE = 7919  # a prime above any process count: seed * stride + rank never collides across runs
+LATENCY_WARMUP, LATENCY_REPEATS = 5, 30  # batch-1 inference timings: warm-up calls, then the median of these
 
 
 @dataclass
@@ -48,6 +59,7 @@ class RunData:
     class_names: list[str]
     mean_std: tuple[list[float], list[float]] | None  # the training split's; needed by scratch runs only
     cache_s: float = 0.0
+    device_share: float = RESIDENT_SHARE  # of a GPU's memory the cached images may take (workers share a GPU)
 
 
 @dataclass
@@ -70,6 +82,12 @@ class FitOutcome:
     predictions: np.ndarray  # predicted class per test image, in test_indices order
     precision: str
     channels_last: bool
+    latency_ms: float
+    peak_mem_mb: float
+    compile_s: float
+    transform: dict[str, Any]
+    train_log: list[dict[str, float]]
+    notes: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
 
 
@@ -147,8 +165,18 @@ def evaluate(
     mean_std: tuple,
     expected: np.ndarray,
     channels_last: bool = True,
+    capture: Capture | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Score every test image exactly once across all processes.
+
+    Args:
+        model: The model; put in eval mode here.
+        loader: This process's shard of the test split.
+        accelerator: The run's accelerator.
+        mean_std: Normalisation.
+        expected: Manifest positions of the whole test split, to check the gathered predictions against.
+        channels_last: The model's memory layout.
+        capture: Full batches through the captured model, when the run captures its steps.
 
     Returns:
         (positions, predictions, losses) sorted by manifest position, identical on every process.
@@ -161,7 +189,8 @@ def evaluate(
     with torch.no_grad(), accelerator.autocast():
         for images, labels, index in loader:
             check_stop()
-            logits = model(to_float(images, *mean_std, channels_last)).float()
+            x = to_float(images, *mean_std, channels_last)
+            logits = (capture.infer(x) if capture is not None else model(x)).float()
             losses.append(F.cross_entropy(logits, labels, reduction="none"))
             predictions.append(logits.argmax(dim=1))
             positions.append(index.to(accelerator.device))
@@ -203,6 +232,7 @@ class Setup:
     params: int
     trainable_params: int
     gflops: float
+    capture: Capture
 
 
 def setup(cell: Cell, data: RunData, accelerator: Accelerator, weights_file: str | None = None) -> Setup:
@@ -224,7 +254,11 @@ def setup(cell: Cell, data: RunData, accelerator: Accelerator, weights_file: str
     optimizer = timm.optim.create_optimizer_v2(
         model, opt=s.optimizer, lr=s.lr, weight_decay=s.weight_decay, **fused_kwargs(accelerator.device)
     )
-    shard = {"rank": accelerator.process_index, "world": accelerator.num_processes, "device": accelerator.device}
+    resident = resident_copy(data.pixels, data.labels, accelerator.device, data.device_share)
+    shard = {
+        "rank": accelerator.process_index, "world": accelerator.num_processes, "device": accelerator.device,
+        "resident": resident,
+    }  # fmt: skip
     train_loader = BatchLoader(
         data.pixels, data.labels, data.train_indices, s.batch_size, shuffle=True, seed=s.seed, **shard
     )
@@ -239,10 +273,22 @@ def setup(cell: Cell, data: RunData, accelerator: Accelerator, weights_file: str
     # Each process draws its own augmentations (its images differ too), reproducibly for a seed and world size.
     generator = torch.Generator(device=accelerator.device)
     generator.manual_seed(s.seed * AUGMENT_SEED_STRIDE + accelerator.process_index)
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every full batch has the same shape: tune the kernels once
+    full_steps = len(data.train_indices) // s.batch_size * s.epochs
+    capture = Capture(model, s.graphs, accelerator.device, s.batch_size // accelerator.num_processes, full_steps)
     return Setup(
         model, optimizer, scheduler, train_loader, test_loader, mean_std, channels_last, generator, params,
-        trainable, gflops,
+        trainable, gflops, capture,
     )  # fmt: skip
+
+
+def _step_on(
+    model: torch.nn.Module, run: Setup, accelerator: Accelerator, images: torch.Tensor, labels: torch.Tensor, augment
+) -> torch.Tensor:
+    return train_step(
+        model, run.optimizer, accelerator, images, labels, run.mean_std, run.channels_last, augment, run.generator
+    )
 
 
 @dataclass
@@ -254,6 +300,7 @@ class EpochStats:
     seconds: float
     wait_s: float  # spent waiting for the next batch
     update: int  # optimizer updates so far, over the whole run
+    log: list[dict[str, float]] = field(default_factory=list)  # the train-loss points of this epoch
 
 
 def train_one_epoch(
@@ -276,14 +323,16 @@ def train_one_epoch(
     loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
     seen = 0
     wait_s = 0.0
+    points = []
     started = waited_from = time.perf_counter()
     for step, (images, labels, _) in enumerate(run.train_loader):
         wait_s += time.perf_counter() - waited_from
         check_stop()
-        loss = train_step(
-            run.model, run.optimizer, accelerator, images, labels, run.mean_std, run.channels_last, s.augment,
-            run.generator,
-        )  # fmt: skip
+
+        one_step = functools.partial(
+            _step_on, run=run, accelerator=accelerator, images=images, labels=labels, augment=s.augment
+        )
+        loss = run.capture.step(one_step, len(labels))
         update += 1
         if run.scheduler is not None:
             run.scheduler.step_update(update)
@@ -298,6 +347,7 @@ def train_one_epoch(
             lr = run.optimizer.param_groups[0]["lr"]
             event = {"event": "train", "epoch": epoch, "step": step, "steps": steps, "update": update}
             log(event | {"train/loss": value, "train/lr": lr})
+            points.append({"update": update, "epoch": epoch, "step": step, "loss": value, "lr": lr})
         waited_from = time.perf_counter()
     synchronize(accelerator.device)
     seconds = time.perf_counter() - started
@@ -305,7 +355,7 @@ def train_one_epoch(
     train_loss = float(totals[0] / max(totals[1], 1))
     if not math.isfinite(train_loss):
         raise NonFiniteLoss(f"training loss became {train_loss} in epoch {epoch}")
-    return EpochStats(train_loss, int(totals[1]), seconds, wait_s, update)
+    return EpochStats(train_loss, int(totals[1]), seconds, wait_s, update, points)
 
 
 def fit(
@@ -329,18 +379,21 @@ def fit(
         Metrics of the last epoch, per-epoch history, costs and the test predictions.
     """
     log = log or (lambda _: None)
+    reset_peak_memory(accelerator.device)
     run = setup(cell, data, accelerator, weights_file)
     history: list[dict[str, float]] = []
+    train_log: list[dict[str, float]] = []
     train_s = eval_s = wait_s = 0.0
     trained_images = update = 0
     started = time.perf_counter()
     for epoch in range(1, cell.settings.epochs + 1):
         stats = train_one_epoch(run, cell, accelerator, epoch, update, log)
         update = stats.update
+        train_log += stats.log
         train_s, wait_s, trained_images = train_s + stats.seconds, wait_s + stats.wait_s, trained_images + stats.images
         eval_start = time.perf_counter()
         positions, predictions, losses = evaluate(
-            run.model, run.test_loader, accelerator, run.mean_std, data.test_indices, run.channels_last
+            run.model, run.test_loader, accelerator, run.mean_std, data.test_indices, run.channels_last, run.capture
         )
         synchronize(accelerator.device)
         eval_s += time.perf_counter() - eval_start
@@ -362,6 +415,8 @@ def fit(
     metrics |= {"test_loss": history[-1]["test_loss"], "train_loss": history[-1]["train_loss"]}
     # predictions come back sorted by manifest position; store them in test_indices order.
     order = np.searchsorted(positions, data.test_indices)
+    peak = peak_memory_mb(accelerator.device)  # before the latency runs, which only need less
+    normalize = "dataset" if cell.mode == "scratch" else "pretrained"
     return FitOutcome(
         metrics=metrics,
         per_class=scores["per_class"],
@@ -379,8 +434,34 @@ def fit(
         predictions=predictions[order],
         precision=accelerator.mixed_precision,
         channels_last=bool(run.channels_last),
+        latency_ms=latency_ms(run, accelerator, cell.settings.image_size),
+        peak_mem_mb=peak,
+        compile_s=run.capture.compile_s,
+        transform={"resize": RESIZE_METHOD, "normalize": normalize, "mean": run.mean_std[0], "std": run.mean_std[1]},
+        train_log=train_log,
+        notes=[run.capture.note] if run.capture.note else [],
         environment=environment(accelerator),
     )
+
+
+def latency_ms(run: Setup, accelerator: Accelerator, image_size: int) -> float:
+    """Median time of one image's inference (batch 1, eval mode, the run's precision and layout), in ms.
+
+    What a deployment of the model would see per request; eager, since batch-1 serving rarely captures graphs.
+    """
+    model = accelerator.unwrap_model(run.model).eval()
+    x = to_float(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8, device=accelerator.device), *run.mean_std)
+    x = x if run.channels_last else x.contiguous()
+    timings = []
+    with torch.no_grad(), accelerator.autocast():
+        for i in range(LATENCY_WARMUP + LATENCY_REPEATS):
+            synchronize(accelerator.device)
+            started = time.perf_counter()
+            model(x)
+            synchronize(accelerator.device)
+            if i >= LATENCY_WARMUP:
+                timings.append(time.perf_counter() - started)
+    return float(np.median(timings) * 1e3)
 
 
 def environment(accelerator: Accelerator) -> dict[str, Any]:

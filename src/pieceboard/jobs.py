@@ -1,0 +1,348 @@
+"""Running cells: one in this process (`run_cell`), or several side by side in worker processes (`WorkerPool`).
+
+    python -m pieceboard.jobs     # a worker; pieceboard.bench starts these, never a person
+
+A worker is a fresh Python process (not a fork: CUDA and OpenMP do not survive one) with one device and a fixed
+number of CPU threads. It reads a `WorkerSpec` and then one `CellTask` per line on stdin, trains each cell, stores
+its result files itself, and reports progress and results as JSON lines on a pipe of its own (stdout stays free for
+libraries that print). The parent hands out cells as workers become free, so a slow cell never holds up the queue,
+and a worker that dies (out of memory, a crash) fails only the cell it held.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pieceboard._console import STOP, check_stop
+from pieceboard.config import Cell, load_config
+from pieceboard.data import RESIDENT_SHARE, Manifest, load_manifest
+from pieceboard.device import make_accelerator
+from pieceboard.results import RunResult, save_result
+from pieceboard.tracking import Tracker
+from pieceboard.train import NonFiniteLoss, RunData, fit
+
+# Variables through which torchrun and accelerate tell a process it is one rank of many; a worker runs its cell
+# alone, so it must not see them.
+_DISTRIBUTED_ENV = (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+    "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
+    "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_ERROR_FILE",
+)  # fmt: skip
+
+
+@dataclass
+class WorkerSpec:
+    """What every cell of a worker shares: the benchmark, where results go, the device and W&B."""
+
+    source: str | dict[str, Any]  # the benchmark file, or its content as a dict
+    overrides: list[str]
+    output: str
+    wandb_mode: str
+    wandb_project: str
+    group: str
+    threads: int  # CPU threads of the worker's torch (intra-op)
+    visible_device: str | None = None  # CUDA_VISIBLE_DEVICES of the worker; None on a CPU
+    sharers: int = 1  # workers on the same device, which share its memory
+
+
+@dataclass
+class CellTask:
+    """One cell to run, with everything the main process already resolved for it."""
+
+    cell_id: str
+    stored_config: dict[str, Any]
+    precision: str
+    weights: str | None
+    pixels: str  # the cache's pixels.npy
+    mean_std: list[list[float]] | None  # the training split's, for scratch runs
+    cache_s: float
+
+
+@dataclass
+class Outcome:
+    """What `run_cell` gives back: the result and, when it completed, the prediction rows."""
+
+    result: RunResult
+    predictions: list[tuple[int, str, str, str]] | None = None
+    trace: str | None = None  # the last frames of a failure, for the console
+
+
+# --- one cell, in this process ------------------------------------------------------------------------------------
+
+
+def run_data(manifest: Manifest, pixels: np.ndarray, mean_std: Any, cache_s: float) -> RunData:
+    """The data side of a run: cached pixels, labels and split."""
+    stats = (list(mean_std[0]), list(mean_std[1])) if mean_std is not None else None
+    return RunData(
+        pixels, manifest.labels, manifest.train_indices, manifest.test_indices, manifest.class_names, stats, cache_s
+    )
+
+
+def run_cell(
+    cell: Cell,
+    task: CellTask,
+    data: RunData,
+    manifest: Manifest,
+    tracker: Tracker,
+    on_event: Callable[[dict[str, Any]], None],
+    output: Path,
+) -> Outcome:
+    """Fit one cell under a fresh Accelerator; an exception becomes a failed result, so that the matrix goes on.
+
+    Raises:
+        KeyboardInterrupt: A stop was requested (Ctrl-C, SIGTERM).
+        Exception: With several processes, any failure but a divergence (the other processes wait in a
+            collective, so the job must end; the failure is recorded first by the main process).
+    """
+    accelerator = make_accelerator(task.precision)
+    tracker.start(cell.id, task.stored_config)
+
+    def log(event: dict[str, Any]) -> None:
+        tracker.log(event)
+        on_event(event)
+
+    try:
+        outcome = fit(cell, data, accelerator, weights_file=task.weights, log=log)
+    except Exception as exc:
+        tracker.finish(failed=True)
+        message = f"{type(exc).__name__}: {exc}".strip()
+        failed = RunResult(
+            id=cell.id, status="failed", config=task.stored_config, error=message, cache_s=task.cache_s,
+            precision=task.precision,
+        )  # fmt: skip
+        if accelerator.num_processes > 1 and not isinstance(exc, NonFiniteLoss):
+            if accelerator.is_main_process:
+                save_result(output, failed)
+            raise
+        return Outcome(failed, trace=traceback.format_exc(limit=-3))
+    finally:
+        accelerator.free_memory()
+    tracker.finish(outcome.metrics | {"train_img_s": outcome.train_img_s, "params": outcome.params})
+    measured = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(RunResult) if hasattr(outcome, f.name)}
+    result = RunResult(id=cell.id, status="completed", config=task.stored_config, cache_s=task.cache_s, **measured)
+    names = manifest.class_names
+    rows = [
+        (int(i), manifest.paths[i], names[int(data.labels[i])], names[int(p)])
+        for i, p in zip(data.test_indices, outcome.predictions, strict=True)
+    ]
+    return Outcome(result, rows)
+
+
+# --- a worker process ---------------------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    # A worker must not outlive the benchmark that started it, even one killed with SIGKILL (Linux only).
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    STOP.set()  # the cell stops at its next step; the parent records it as skipped
+
+
+def worker_main(events_fd: int) -> None:
+    """Serve cells read from stdin until it closes; report on `events_fd` (see the module docstring)."""
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)  # Ctrl-C reaches the whole process group: stop like the parent
+    with os.fdopen(events_fd, "w", buffering=1, encoding="utf-8") as events:
+
+        def send(kind: str, event: dict[str, Any] | None = None, **payload: Any) -> None:
+            message = {"kind": kind, **payload} | ({"event": event} if event is not None else {})
+            events.write(json.dumps(message) + "\n")
+
+        spec = WorkerSpec(**json.loads(sys.stdin.readline()))
+        import torch
+
+        torch.set_num_threads(spec.threads)
+        config = load_config(spec.source, spec.overrides)
+        cells = {cell.id: cell for cell in config.cells}
+        output = Path(spec.output)
+        manifest = load_manifest(output)
+        tracker = Tracker(spec.wandb_mode, spec.wandb_project, output, spec.group)
+        send("ready")
+        for line in sys.stdin:
+            task = CellTask(**json.loads(line))
+            pixels = np.load(task.pixels, mmap_mode="r")
+            data = run_data(manifest, pixels, task.mean_std, task.cache_s)
+            data.device_share = RESIDENT_SHARE / spec.sharers
+            try:
+                check_stop()
+                report = functools.partial(send, "event")
+                outcome = run_cell(cells[task.cell_id], task, data, manifest, tracker, report, output)
+            except KeyboardInterrupt:
+                tracker.finish(failed=True)
+                send("stopped", cell_id=task.cell_id)
+                return
+            save_result(output, outcome.result, outcome.predictions)
+            send("done", cell_id=task.cell_id, result=outcome.result.to_dict(), trace=outcome.trace)
+
+
+# --- the pool, in the main process --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Worker:
+    process: subprocess.Popen
+    slot: int
+    task: CellTask | None = None
+    ready: bool = False
+
+
+@dataclass
+class PoolEvent:
+    """Something a worker reported: `event` (training progress), `done` (a result), `stopped`."""
+
+    kind: str
+    cell_id: str
+    event: dict[str, Any] = field(default_factory=dict)
+    result: RunResult | None = None
+    trace: str | None = None
+
+
+class WorkerError(RuntimeError):
+    """A worker could not start (it died before it was ready)."""
+
+
+class WorkerPool:
+    """Worker processes, one per slot (a device and a thread count), fed from one queue of cells.
+
+    Args:
+        spec: What every worker shares; `visible_device` is set per slot.
+        slots: The CUDA device (or None on a CPU) of each worker.
+    """
+
+    def __init__(self, spec: WorkerSpec, slots: list[str | None]):
+        self.spec, self.slots = spec, slots
+        self.messages: queue.Queue[tuple[int, dict[str, Any] | None]] = queue.Queue()
+        self.workers: dict[int, _Worker] = {}
+        self._next_id = 0
+
+    def _start(self, slot: int) -> None:
+        read_fd, write_fd = os.pipe()
+        env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV}
+        threads = str(self.spec.threads)
+        env |= {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
+        device = self.slots[slot]
+        spec = dataclasses.replace(self.spec, visible_device=device, sharers=self.slots.count(device))
+        if spec.visible_device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = spec.visible_device
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pieceboard.jobs", str(write_fd)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=env,
+            pass_fds=(write_fd,),
+            text=True,
+        )
+        os.close(write_fd)
+        worker_id, self._next_id = self._next_id, self._next_id + 1
+        self.workers[worker_id] = _Worker(process, slot)
+        threading.Thread(target=self._read, args=(worker_id, read_fd), daemon=True).start()
+        process.stdin.write(json.dumps(dataclasses.asdict(spec)) + "\n")
+        process.stdin.flush()
+
+    def _read(self, worker_id: int, fd: int) -> None:
+        with os.fdopen(fd, encoding="utf-8") as pipe:
+            for line in pipe:
+                self.messages.put((worker_id, json.loads(line)))
+        self.messages.put((worker_id, None))  # the pipe closed: the worker exited or died
+
+    def _assign(self, worker_id: int, tasks: list[CellTask]) -> None:
+        worker = self.workers[worker_id]
+        if not tasks or STOP.is_set():
+            worker.task = None
+            worker.process.stdin.close()  # no more work: the worker's loop ends
+            return
+        worker.task = tasks.pop(0)
+        worker.process.stdin.write(json.dumps(dataclasses.asdict(worker.task)) + "\n")
+        worker.process.stdin.flush()
+
+    def run(self, tasks: list[CellTask]) -> Iterator[PoolEvent]:
+        """Run every task; yields progress events and one `done` event per cell run, as they happen.
+
+        On a stop (Ctrl-C, SIGTERM) no new cell starts, workers stop their cell at the next step and are reported
+        `stopped`; cells never started are left to the caller. Nothing of a worker outlives the pool.
+
+        Raises:
+            WorkerError: A worker died before it was ready (its stderr says why).
+        """
+        pending = list(tasks)
+        for slot in range(min(len(self.slots), len(pending))):
+            self._start(slot)
+        forwarded = False
+        try:
+            while self.workers:
+                if STOP.is_set() and not forwarded:
+                    forwarded = True
+                    for worker in self.workers.values():
+                        worker.process.send_signal(signal.SIGTERM)
+                try:
+                    worker_id, message = self.messages.get(timeout=0.5)  # wake up to forward a stop
+                except queue.Empty:
+                    continue
+                yield from self._handle(worker_id, message, pending)
+        finally:
+            for worker in self.workers.values():
+                worker.process.kill()
+                worker.process.wait()
+
+    def _handle(self, worker_id: int, message: dict[str, Any] | None, pending: list[CellTask]) -> Iterator[PoolEvent]:
+        worker = self.workers[worker_id]
+        if message is None:  # exited: normally after its stdin closed, otherwise it died
+            code = worker.process.wait()
+            del self.workers[worker_id]
+            if not worker.ready:
+                raise WorkerError(f"a worker process exited with code {code} before it was ready")
+            if worker.task is not None:
+                died = _died(worker.task, code)
+                save_result(Path(self.spec.output), died.result)
+                yield died
+                if pending and not STOP.is_set():
+                    self._start(worker.slot)
+            return
+        kind = message["kind"]
+        if kind == "ready":
+            worker.ready = True
+            self._assign(worker_id, pending)
+        elif kind == "event":
+            yield PoolEvent("event", worker.task.cell_id, event=message["event"])
+        elif kind == "done":
+            result = RunResult(**message["result"])
+            yield PoolEvent("done", message["cell_id"], result=result, trace=message.get("trace"))
+            self._assign(worker_id, pending)
+        elif kind == "stopped":
+            worker.task = None
+            yield PoolEvent("stopped", message["cell_id"])
+
+
+def _died(task: CellTask, code: int) -> PoolEvent:
+    how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    error = f"WorkerDied: the worker process running this cell ended ({how}); out of memory is the usual cause"
+    result = RunResult(id=task.cell_id, status="failed", config=task.stored_config, error=error, cache_s=task.cache_s)
+    return PoolEvent("done", task.cell_id, result=result)
+
+
+if __name__ == "__main__":
+    worker_main(int(sys.argv[1]))
