@@ -24,7 +24,7 @@ WIDTH = 1900  # the whole leaderboard table, without a scroll bar
 SHOTS = [
     ("report-leaderboard", "top", WIDTH, "across-runs"),
     ("report-across-runs", "across-runs", WIDTH, 1060),
-    ("report-run", "run-resnet18-scratch@32px-bs64", 1450, 860),
+    ("report-run", "run-resnet18-scratch@32px-bs64", 1450, 830),
 ]
 PROBE = """<script>window.addEventListener("load", () => {
   const top = {};

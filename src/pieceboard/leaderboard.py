@@ -392,7 +392,11 @@ def _seed_entry(members: list[dict[str, Any]], confidence: float) -> dict[str, A
     entry |= {k: first[k] for k in ("model", "mode", "image_size", "batch_size", "epochs", "params", "gflops")}
     few = len(members) < MIN_SEEDS_FOR_INTERVAL
     for key, bounds in SEED_METRICS.items():
-        mean, low, high = mean_ci([m[key] for m in members], confidence, bounds)
+        values = [m[key] for m in members]
+        if any(v is None for v in values):  # a result without the figure: nothing to summarise
+            mean = low = high = None
+        else:
+            mean, low, high = mean_ci(values, confidence, bounds)
         entry |= {f"{key}_mean": mean, f"{key}_ci_low": None if few else low, f"{key}_ci_high": None if few else high}
     entry["interval_note"] = f"n={len(members)}: too few seeds for an interval" if few else None
     entry |= {f"{key}_mean": _mean([m[key] for m in members]) for key in SEED_MEANS}
@@ -428,7 +432,7 @@ def seed_summary(rows: list[dict[str, Any]], confidence: float = 0.95) -> list[d
         if row["status"] == "completed" and row["seed"] is not None:
             groups.setdefault(row["seed_group"], []).append(row)
     summary = [_seed_entry(members, confidence) for members in groups.values() if len(members) >= 2]
-    summary.sort(key=lambda e: (-e["f1_macro_mean"], e["group"]))
+    summary.sort(key=lambda e: (-(e["f1_macro_mean"] or 0.0), e["group"]))
     for rank, entry in enumerate(summary, start=1):
         entry["rank"] = rank
     if summary:
@@ -471,6 +475,8 @@ def _time_to_acc(row: dict[str, Any]) -> str:
 
 def _interval(row: dict[str, Any], key: str) -> str:
     mean, low, high = row[f"{key}_mean"], row[f"{key}_ci_low"], row[f"{key}_ci_high"]
+    if mean is None:
+        return "-"
     if row.get("interval_note"):
         return f"{mean:.4f} [{row['interval_note']}]"
     return f"{mean:.4f} [{low:.4f}, {high:.4f}]"
