@@ -17,7 +17,15 @@ import torch
 from scipy import stats
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from pieceboard.metrics import ClassificationMetrics, classification_metrics, mean_ci
+from pieceboard.metrics import (
+    ClassificationMetrics,
+    McNemar,
+    classification_metrics,
+    mcnemar_midp,
+    mean_ci,
+    paired_t_pvalue,
+    score_predictions,
+)
 
 NUM_CLASSES = 5
 _RNG = np.random.default_rng(0)
@@ -254,3 +262,53 @@ def test_mean_ci_identical_values_zero_width() -> None:
 def test_mean_ci_rejects_bad_input(values, confidence) -> None:
     with pytest.raises(ValueError):
         mean_ci(values, confidence=confidence)
+
+
+def test_mean_ci_is_clipped_to_the_range() -> None:
+    values = [0.99, 1.0, 0.9]  # three seeds near the top: the raw t interval passes 1
+    raw = stats.t.interval(0.95, df=2, loc=np.mean(values), scale=stats.sem(values))
+    mean, low, high = mean_ci(values, bounds=(0.0, 1.0))
+    assert raw[1] > 1 and high == 1.0 and low == pytest.approx(raw[0])
+    assert mean_ci([0.01, 0.2, 0.02], bounds=(0.0, math.inf))[1] == 0.0
+
+
+def test_score_predictions_is_what_the_metric_computes() -> None:
+    predictions, references = CASES["never_predicted"]
+    names = [f"c{i}" for i in range(NUM_CLASSES)]
+    assert score_predictions(predictions, references, NUM_CLASSES, names) == classification_metrics(
+        predictions, references, num_classes=NUM_CLASSES, class_names=names
+    )
+
+
+def test_mcnemar_identical_runs_give_one() -> None:
+    correct = _RNG.random(100) < 0.7
+    assert mcnemar_midp(correct, correct) == McNemar(0, 0, 1.0)
+    assert mcnemar_midp([True, False] * 5, [False, True] * 5) == McNemar(5, 5, 1.0)  # as many wins as losses
+
+
+def test_mcnemar_one_run_better_on_many_images() -> None:
+    # 41 images only A got right, 17 only B, 42 both or neither.
+    a = [True] * 41 + [False] * 17 + [True] * 30 + [False] * 12
+    b = [False] * 41 + [True] * 17 + [True] * 30 + [False] * 12
+    test = mcnemar_midp(a, b)
+    exact = stats.binomtest(17, 58, 0.5).pvalue  # the exact conditional test, two-sided
+    assert (test.a_only, test.b_only) == (41, 17)
+    assert test.p_value == pytest.approx(exact - stats.binom.pmf(17, 58, 0.5))  # mid-p: half the observed point
+    assert test.p_value == pytest.approx(0.0015, abs=5e-5) and test.p_value < exact
+    assert mcnemar_midp(b, a).p_value == test.p_value  # symmetric
+
+
+def test_mcnemar_hand_checked_small_counts() -> None:
+    # 3 vs 0 discordant: P(X <= 0) = 1/8, P(X = 0) = 1/8, mid-p = 2/8 - 1/8 = 1/8.
+    assert mcnemar_midp([True, True, True, True], [False, False, False, True]).p_value == pytest.approx(0.125)
+    with pytest.raises(ValueError, match="differ in shape"):
+        mcnemar_midp([True], [True, False])
+
+
+def test_paired_t_matches_scipy_and_handles_constant_differences() -> None:
+    a, b = [0.91, 0.88, 0.95, 0.90], [0.85, 0.86, 0.89, 0.84]
+    assert paired_t_pvalue(a, b) == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert paired_t_pvalue([0.5, 0.6], [0.5, 0.6]) == 1.0
+    assert paired_t_pvalue([0.5, 0.6], [0.4, 0.5]) == 0.0
+    with pytest.raises(ValueError, match="at least two pairs"):
+        paired_t_pvalue([0.5], [0.4])

@@ -1,6 +1,7 @@
 """Files and folders that are whole or absent: every file and cached folder pieceboard writes goes through here.
 
-- `atomic_write_text`: temp file beside the target, then `os.replace`; a reader never sees half a file.
+- `atomic_write_text` / `atomic_write_bytes`: temp file beside the target, then `os.replace`; a reader never sees
+  half a file.
 - `staged_folder`: a folder built under a temporary name, marked complete, then renamed into place; temporary
   folders left by a crashed or killed process are removed by the next one.
 - `storage_errors`: a full disk, a read-only or missing folder, a name too long: one line naming the path
@@ -113,17 +114,22 @@ def make_folder(path: Path) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: a reader never sees half a file.
+    """Write UTF-8 text to a temporary file beside `path`, then rename: a reader never sees half a file.
 
     Raises:
         StorageError: The disk is full, the folder read-only, the name too long...; nothing is left behind.
     """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes (a picture, ...) to a temporary file beside `path`, then rename; errors as `atomic_write_text`."""
     make_folder(path.parent)
     with storage_errors(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                f.write(text)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
             _chmod_default(Path(tmp), folder=False)
             os.replace(tmp, path)
         except BaseException:

@@ -2,6 +2,8 @@
 
 pieceboard bench benchmarks/demo.toml --set defaults.epochs=1
 pieceboard leaderboard results/demo --format md
+pieceboard report results/demo
+pieceboard compare results/demo mlp@16px mlp@32px
 pieceboard prefetch benchmarks/all.toml
 
 Each subcommand imports what it needs when it runs: torch, timm and the leaderboard's dependencies take seconds to
@@ -11,6 +13,8 @@ load, and `pieceboard --help` or `--version` need none of them.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -18,6 +22,7 @@ from typing import NamedTuple
 from pieceboard._console import PieceboardError, version_text
 
 PROBE_TIMEOUT_S = 5.0  # for the one request that tells whether a weights server answers at all
+ACC_FRACTION_HELP = "time to accuracy: the fraction of each run's best accuracy to reach (default 0.95)"
 
 
 class _Source(NamedTuple):
@@ -29,23 +34,42 @@ class _Source(NamedTuple):
     cache: Path  # where to copy it
 
 
-def _leaderboard(args: argparse.Namespace) -> int:
-    from pieceboard.leaderboard import Leaderboard
+def _output_dir(path: str) -> Path:
     from pieceboard.results import RUNS
 
-    output = Path(args.dir)
+    output = Path(path)
     if not (output / RUNS).is_dir():
         raise PieceboardError(f"{output}: no {RUNS}/ folder here; point at a benchmark's output folder")
-    board = Leaderboard.from_dir(output)
+    return output
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction in (0, 1], e.g. 0.95")
+    return value
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from pieceboard.leaderboard import Leaderboard
+
+    output = _output_dir(args.dir)
+    board = Leaderboard.from_dir(output, args.acc_fraction)
+    if args.seeds and not board.seeds:
+        raise PieceboardError(f"{output}: no configuration completed with two or more seeds; nothing for --seeds")
     if args.format == "table":
         from pieceboard._console import wide_console
 
         console = wide_console()
-        console.print(board.table(title=str(output)))
+        if not args.seeds:
+            console.print(board.table(title=str(output)))
         if (seeds := board.seed_table()) is not None:
             console.print(seeds)
     else:
-        text = {"csv": board.to_csv, "md": board.to_markdown, "json": board.to_json}[args.format]()
+        text = {"csv": board.to_csv, "md": board.to_markdown, "json": board.to_json}[args.format](args.seeds)
         sys.stdout.write(text)
     return 0
 
@@ -65,6 +89,32 @@ def _check_data(args: argparse.Namespace) -> int:
         atomic_write_text(Path(args.json), json.dumps(report, indent=1) + "\n")
         console.print(f"written to {args.json}")
     return 0 if usable(report) else 2
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pieceboard.leaderboard import Leaderboard
+    from pieceboard.report import write_report
+
+    output = _output_dir(args.dir)
+    path = write_report(output, Leaderboard.from_dir(output, args.acc_fraction))
+    print(f"report: {path}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pieceboard.compare import compare, find_run, load_run, tables
+
+    output = _output_dir(args.dir)
+    comparison = compare(load_run(find_run(output, args.run_a)), load_run(find_run(output, args.run_b)))
+    if args.json:
+        sys.stdout.write(json.dumps(comparison, indent=2) + "\n")
+    else:
+        from pieceboard._console import wide_console
+
+        console = wide_console()
+        for part in tables(comparison):
+            console.print(part)
+    return 0
 
 
 def _prefetch(args: argparse.Namespace) -> int:
@@ -203,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     board = sub.add_parser("leaderboard", help="render the leaderboard from stored results")
     board.add_argument("dir", help="a benchmark's output folder")
     board.add_argument("--format", choices=["table", "csv", "md", "json"], default="table")
+    board.add_argument("--seeds", action="store_true", help="render the summary over seeds instead of the runs")
+    board.add_argument("--acc-fraction", type=_fraction, default=0.95, help=ACC_FRACTION_HELP)
     board.set_defaults(handler=_leaderboard)
     check = sub.add_parser(
         "check-data", help="dataset preflight: counts, bad files, sizes, near-duplicate groups across the split"
@@ -211,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     check.set_defaults(handler=_check_data)
+
+    report = sub.add_parser("report", help="write plots and report.html from stored results")
+    report.add_argument("dir", help="a benchmark's output folder")
+    report.add_argument("--acc-fraction", type=_fraction, default=0.95, help=ACC_FRACTION_HELP)
+    report.set_defaults(handler=_report)
+    pair = sub.add_parser("compare", help="compare two runs class by class, with a paired test")
+    pair.add_argument("dir", help="a benchmark's output folder")
+    pair.add_argument("run_a", metavar="RUN_A", help="a run id under DIR/runs/, or the path of a run folder")
+    pair.add_argument("run_b", metavar="RUN_B", help="the same, for the other run")
+    pair.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    pair.set_defaults(handler=_compare)
     prefetch = sub.add_parser(
         "prefetch", help="download every pretrained weight a benchmark needs (online); says at once when offline"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -18,7 +19,15 @@ from datasets.table import InMemoryTable
 from scipy import stats
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-__all__ = ["ClassificationMetrics", "classification_metrics", "mean_ci"]
+__all__ = [
+    "ClassificationMetrics",
+    "McNemar",
+    "classification_metrics",
+    "mcnemar_midp",
+    "mean_ci",
+    "paired_t_pvalue",
+    "score_predictions",
+]
 
 _DESCRIPTION = """\
 Single-label classification metrics computed with scikit-learn: accuracy, macro-averaged precision, recall and F1,
@@ -120,37 +129,52 @@ class ClassificationMetrics(evaluate.Metric):
         num_classes: int,
         class_names: list[str] | None = None,
     ) -> dict[str, Any]:
-        predictions = np.asarray(predictions, dtype=np.int64)
-        references = np.asarray(references, dtype=np.int64)
-        _validate(predictions, references, num_classes, class_names)  # add_batch callers are not checked before
+        return score_predictions(predictions, references, num_classes, class_names)
 
-        labels = list(range(num_classes))
-        # zero_division=0: a class that is never predicted (precision) or never present (recall) scores 0 instead
-        # of warning; passing labels keeps such classes in the macro averages and in the per-class table.
-        precision, recall, f1, support = precision_recall_fscore_support(
-            references, predictions, labels=labels, average=None, zero_division=0
-        )
-        matrix = confusion_matrix(references, predictions, labels=labels)
-        names = class_names if class_names is not None else [str(i) for i in labels]
-        per_class = [
-            {
-                "label": names[i],
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i in labels
-        ]
-        # tolist() and float()/int() turn numpy scalars into Python ones so the result is JSON-serialisable.
-        return {
-            "accuracy": float(accuracy_score(references, predictions)),
-            "precision_macro": float(np.mean(precision)),
-            "recall_macro": float(np.mean(recall)),
-            "f1_macro": float(np.mean(f1)),
-            "per_class": per_class,
-            "confusion_matrix": matrix.tolist(),
+
+def score_predictions(
+    predictions: Any, references: Any, num_classes: int, class_names: list[str] | None = None
+) -> dict[str, Any]:
+    """The computation behind `ClassificationMetrics`, without evaluate's Arrow round trip.
+
+    For figures derived again and again from stored predictions (the leaderboard's checks, clean accuracy,
+    `pieceboard compare`), where building an Arrow table per call would dominate. Same arguments and result as
+    `classification_metrics`, but the inputs must already be 1-D integer arrays or lists.
+
+    Raises:
+        ValueError: As `classification_metrics`.
+    """
+    predictions = np.asarray(predictions, dtype=np.int64)
+    references = np.asarray(references, dtype=np.int64)
+    _validate(predictions, references, num_classes, class_names)  # add_batch callers are not checked before
+
+    labels = list(range(num_classes))
+    # zero_division=0: a class that is never predicted (precision) or never present (recall) scores 0 instead
+    # of warning; passing labels keeps such classes in the macro averages and in the per-class table.
+    precision, recall, f1, support = precision_recall_fscore_support(
+        references, predictions, labels=labels, average=None, zero_division=0
+    )
+    matrix = confusion_matrix(references, predictions, labels=labels)
+    names = class_names if class_names is not None else [str(i) for i in labels]
+    per_class = [
+        {
+            "label": names[i],
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
         }
+        for i in labels
+    ]
+    # tolist() and float()/int() turn numpy scalars into Python ones so the result is JSON-serialisable.
+    return {
+        "accuracy": float(accuracy_score(references, predictions)),
+        "precision_macro": float(np.mean(precision)),
+        "recall_macro": float(np.mean(recall)),
+        "f1_macro": float(np.mean(f1)),
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+    }
 
 
 def _validate(predictions: np.ndarray, references: np.ndarray, num_classes: int, class_names: list[str] | None) -> None:
@@ -213,12 +237,17 @@ def classification_metrics(
     )
 
 
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+def mean_ci(
+    values: Sequence[float], confidence: float = 0.95, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> tuple[float, float, float]:
     """Mean and Student-t confidence interval of the mean, e.g. of one metric over several seeds.
 
     Args:
         values: Observations, at least one.
         confidence: Coverage of the interval, strictly between 0 and 1.
+        bounds: The range the quantity lives in, e.g. `(0, 1)` for accuracy or `(0, inf)` for a loss. The interval
+            is clipped to it: with few values the t quantile is large and the raw interval can reach impossible
+            values (an accuracy above 1), which say nothing more than the bound itself.
 
     Returns:
         `(mean, low, high)`. With a single value there is no spread to estimate, so `low` and `high` are
@@ -241,4 +270,69 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
         # scipy returns nan for a zero scale, but identical values genuinely have a zero-width interval.
         return mean, mean, mean
     low, high = stats.t.interval(confidence, df=array.size - 1, loc=mean, scale=sem)
-    return mean, float(low), float(high)
+    return mean, float(max(low, bounds[0])), float(min(high, bounds[1]))
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """McNemar's test on two classifiers' per-image correctness over the same test images."""
+
+    a_only: int  # images A classified correctly and B did not
+    b_only: int  # images B classified correctly and A did not
+    p_value: float  # two-sided mid-p value; 1.0 when no image is discordant
+
+
+def mcnemar_midp(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> McNemar:
+    """McNemar's mid-p test: do two classifiers differ in accuracy on the same images?
+
+    Only discordant images (one right, the other wrong) carry information. Under the null hypothesis of equal
+    accuracy each discordant image is a fair coin, so `a_only ~ Binomial(a_only + b_only, 1/2)`. The exact
+    conditional test is conservative (its real type I error is well under the nominal level for small counts); the
+    mid-p version, which counts only half of the probability of the observed count, keeps the level and has more
+    power (Fagerland, Lydersen and Laake, "The McNemar test for binary matched-pairs data: mid-p and asymptotic are
+    better than exact conditional", BMC Medical Research Methodology 13:91, 2013).
+
+    Args:
+        correct_a: Whether classifier A got each image right.
+        correct_b: The same for B, image for image.
+
+    Returns:
+        The discordant counts and the two-sided mid-p value.
+
+    Raises:
+        ValueError: If the two sequences differ in length.
+    """
+    a = np.asarray(correct_a, dtype=bool)
+    b = np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"correct_a {a.shape} and correct_b {b.shape} differ in shape")
+    a_only, b_only = int(np.sum(a & ~b)), int(np.sum(b & ~a))
+    if a_only == b_only:  # also when nothing is discordant; the formula gives 1 too, up to rounding
+        return McNemar(a_only, b_only, 1.0)
+    n, k = a_only + b_only, min(a_only, b_only)
+    # Two-sided mid-p: 2 P(X <= k) - P(X = k), where X ~ Binomial(n, 1/2).
+    p_value = 2 * stats.binom.cdf(k, n, 0.5) - stats.binom.pmf(k, n, 0.5)
+    return McNemar(a_only, b_only, float(min(1.0, p_value)))
+
+
+def paired_t_pvalue(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided paired t-test of equal means, e.g. one metric of two configurations over the same seeds.
+
+    Args:
+        a: One value per pair.
+        b: The matching values, pair for pair.
+
+    Returns:
+        The p value: 1.0 when every difference is zero, 0.0 when every difference is the same non-zero value (the
+        t statistic is then infinite).
+
+    Raises:
+        ValueError: If the sequences differ in length or hold fewer than two pairs.
+    """
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"a paired t-test needs at least two pairs of equal length, got {len(a)} and {len(b)}")
+    diffs = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if np.ptp(diffs) == 0.0:
+        # scipy warns about catastrophic cancellation here and returns nan (all zero) or 0 (all equal, non-zero).
+        return 1.0 if diffs[0] == 0.0 else 0.0
+    return float(stats.ttest_rel(a, b).pvalue)

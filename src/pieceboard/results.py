@@ -109,9 +109,12 @@ def read_result(path: Path) -> RunResult:
     """One stored result.json; a damaged one comes back with status `corrupt` and the reason as its error."""
     run_id = path.parent.name
     try:
-        return RunResult.from_json(path.read_bytes())
+        result = RunResult.from_json(path.read_bytes())
     except (OSError, ValueError) as exc:
         return RunResult(id=run_id, status="corrupt", config={}, error=f"{path}: unreadable result ({exc})")
+    if result.id != run_id:  # copied or edited by hand: its predictions.csv would be another cell's
+        return RunResult(id=run_id, status="corrupt", config={}, error=f"{path}: id {result.id!r} is not its folder's")
+    return result
 
 
 def load_results(output: str | Path) -> list[RunResult]:
