@@ -49,6 +49,7 @@ from pieceboard.device import device_type, resolve_precision
 from pieceboard.jobs import CellTask, WorkerPool, WorkerSpec, run_cell, run_data
 from pieceboard.leaderboard import Leaderboard
 from pieceboard.models import probe, resolve_weights
+from pieceboard.report import write_report
 from pieceboard.results import RESULT, RunResult, finished, read_result, run_dir, save_result
 from pieceboard.tracking import Tracker, resolve_mode
 
@@ -192,12 +193,13 @@ def run(
         except KeyboardInterrupt:
             if main:
                 _record_skipped(config, output, results, "interrupted before it finished; rerun to continue", digest)
-                Leaderboard.from_results(results).write(output)
+                Leaderboard.from_results(results, output).write(output)
             raise
-    order = {cell.id: i for i, cell in enumerate(config.cells)}
-    results.sort(key=lambda r: order.get(r.id, len(order)))
-    if main:
-        _finish(config, results, output, console)
+        order = {cell.id: i for i, cell in enumerate(config.cells)}
+        results.sort(key=lambda r: order.get(r.id, len(order)))
+        if main:
+            display.progress.stop()  # the live view ends before the leaderboard is printed
+            _finish(config, results, output, console)
     return results
 
 
@@ -458,11 +460,12 @@ def _action(output: Path, cell: Cell, stored_config: dict[str, Any] | None) -> s
 
 
 def _finish(config: Config, results: list[RunResult], output: Path, console: Console) -> None:
-    board = Leaderboard.from_results(results)
+    board = Leaderboard.from_results(results, output)
     board.write(output)
     console.print(board.table(title=f"{config.benchmark.name} — {output}"))
     if (seeds := board.seed_table()) is not None:
         console.print(seeds)
+    console.print(f"report: {write_report(output, board)}")
 
 
 def _record_skipped(config: Config, output: Path, results: list[RunResult], reason: str, digest: str) -> None:

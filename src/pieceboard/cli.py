@@ -75,8 +75,6 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    import json
-
     from pieceboard._console import wide_console
     from pieceboard._io import atomic_write_text
     from pieceboard.check import check_data, render, usable

@@ -477,3 +477,29 @@ def _reuse_manifest(output: Path, meta: dict[str, Any], settings: dict, scan: Sc
     if current != known:  # touched but unchanged: remember the new times so the next start need not re-read them
         atomic_write_text(output / MANIFEST_META, json.dumps(meta | {"fingerprints": current}, indent=1))
     return _manifest_from_files(output, meta, scan.root)
+
+
+def leaked_test_paths(output: Path) -> set[str] | None:
+    """Test images of a result folder that have a copy in its training split (paths as in manifest.csv).
+
+    Read from manifest.json; for folders made before pieceboard looked for copies, found now from the images (the
+    check is cached, so only the first call decodes). None when the folder has no manifest or its images are gone.
+    """
+    try:
+        meta = json.loads((output / MANIFEST_META).read_text(encoding="utf-8"))
+        if isinstance(meta.get("leaked_test"), list):
+            return set(meta["leaked_test"])
+        with (output / MANIFEST).open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        root = Path(meta["path"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    paths = [r["path"] for r in rows]
+    files = [root / p for p in paths]
+    if not all(f.is_file() for f in files):
+        return None
+    digests = [file_digest(f) for f in files]
+    check = check_images(files, digests, cache_root())
+    groups = _duplicate_groups(check, list(range(len(files))), digests, None)
+    is_test = np.array([r["split"] == "test" for r in rows])
+    return {paths[i] for i in np.flatnonzero(leaked_test(is_test, groups))}

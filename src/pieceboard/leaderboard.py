@@ -34,7 +34,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pieceboard._io import atomic_write_text
-from pieceboard.data import MANIFEST_META
+from pieceboard.data import MANIFEST_META, leaked_test_paths
 from pieceboard.metrics import mcnemar_midp, mean_ci, paired_t_pvalue, score_predictions
 from pieceboard.results import PREDICTIONS, RunResult, load_predictions, load_results, run_dir
 
@@ -184,15 +184,6 @@ def _manifest_meta(output: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}
-
-
-def leaked_test_paths(output: Path) -> set[str] | None:
-    """Test images that have a copy in train (paths as in predictions.csv), or None when the folder does not say.
-
-    Read from `manifest.json`'s `leaked_test`, written by the benchmark's leak check.
-    """
-    leaked = _manifest_meta(output).get("leaked_test")
-    return set(leaked) if isinstance(leaked, list) else None
 
 
 def class_names(result: RunResult, output: Path) -> list[str] | None:
