@@ -402,8 +402,8 @@ INVALID = [
     ),
     (
         "unknown-key-data",
-        DATA + "split = 0.2\n\n" + RUN_MLP,
-        "[data]: unknown key 'split'; did you mean",
+        DATA + "splitt = 0.2\n\n" + RUN_MLP,
+        "[data]: unknown key 'splitt'; did you mean",
         [],
     ),
     (

@@ -44,7 +44,7 @@ from pieceboard._console import (
 from pieceboard._io import lock_folder, make_folder, require_space
 from pieceboard.cache import build_cache, cache_root, channel_stats
 from pieceboard.config import Cell, Config, load_config
-from pieceboard.data import MANIFEST, Manifest, make_manifest
+from pieceboard.data import MANIFEST, Manifest, cross_split, make_manifest
 from pieceboard.device import device_type, resolve_precision
 from pieceboard.jobs import CellTask, WorkerPool, WorkerSpec, run_cell, run_data
 from pieceboard.leaderboard import Leaderboard
@@ -211,6 +211,16 @@ def _describe(config: Config, manifest: Manifest, state: PartialState, output: P
         f"{n_train} train / {n_test} test, {len(manifest.skipped)} skipped; {len(config.cells)} runs on "
         f"{state.num_processes} process(es) -> {output}"
     )
+    groups = manifest.groups or []
+    if straddling := cross_split(manifest.is_test, groups):
+        display.note(
+            f"[bold red]leak[/bold red]: {len(straddling)} near-duplicate groups straddle the split: "
+            f"{int(manifest.leaked().sum())} of {n_test} test images have a copy in train, so every score is "
+            f'inflated; the leaderboard\'s clean accuracy leaves them out, and \\[data] split = "grouped" keeps each '
+            f"group on one side"
+        )
+    elif groups:
+        display.note(f"{len(groups)} near-duplicate groups, each kept on one side of the split ({manifest.split})")
     for skipped in manifest.skipped[:SHOWN_SKIPPED]:
         display.note(f"[yellow]skipped[/yellow] {escape(skipped['path'])}: {escape(skipped['reason'])}")
     if len(manifest.skipped) > SHOWN_SKIPPED:

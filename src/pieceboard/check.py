@@ -168,7 +168,7 @@ def _duplicate_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"[bold red]leak[/bold red]: with the {split['kind']} split, {len(straddling)} groups straddle the split "
             f"and {report['leaked_test_images']} of {report['test_images']} test images have a copy in train "
-            f'(e.g. {escape(", ".join(straddling[0][:2]))}); [data] split = "grouped" keeps each group on one side'
+            f'(e.g. {escape(", ".join(straddling[0][:2]))}); \\[data] split = "grouped" keeps each group on one side'
         )
     elif groups:
         lines.append(
