@@ -23,7 +23,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _planted import planted_set  # noqa: E402
-
 from pieceboard import dedup  # noqa: E402
 from pieceboard._image import load_rgb  # noqa: E402
 from pieceboard.builtin import materialize  # noqa: E402
@@ -114,11 +113,15 @@ def _recall_by_kind(groups: list[list[int]], numbers: np.ndarray, kinds: np.ndar
 
 
 def _rotated_recall_by_angle(groups: list[list[int]], numbers: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
+    # Recall of (plain, rotated) pairs by the rotation's size, in 5-degree bins.
     found = _labels(groups, len(numbers))
     count = int(numbers.max()) + 1
     angles = np.abs(np.random.RandomState(DIGITS_ANGLE_SEED).uniform(-DIGITS_MAX_ANGLE, DIGITS_MAX_ANGLE, size=count))
-    plain = {number: found[index] for index, (number, kind) in enumerate(zip(numbers, kinds)) if kind == "plain"}
-    hits = {number: plain[number] == found[index] for index, (number, kind) in enumerate(zip(numbers, kinds)) if kind == "rot"}
+    plain = dict(zip(numbers[kinds == "plain"], found[kinds == "plain"], strict=True))
+    hits = {
+        number: plain[number] == label
+        for number, label in zip(numbers[kinds == "rot"], found[kinds == "rot"], strict=True)
+    }
     recall = {}
     for low in range(0, int(DIGITS_MAX_ANGLE), 5):
         members = [hit for number, hit in hits.items() if low <= angles[number] < low + 5]

@@ -108,7 +108,9 @@ def jpeg(image: Image.Image, quality: int) -> Image.Image:
 def crop(image: Image.Image, left: float, top: float, right: float, bottom: float) -> Image.Image:
     """Cut the given fractions of the width and height off each side."""
     width, height = image.size
-    return image.crop((round(left * width), round(top * height), round((1 - right) * width), round((1 - bottom) * height)))
+    return image.crop(
+        (round(left * width), round(top * height), round((1 - right) * width), round((1 - bottom) * height))
+    )
 
 
 def rescale(image: Image.Image, factor: float) -> Image.Image:
@@ -210,7 +212,7 @@ def planted_set(
         family = [render(scene)]
         for _ in range(siblings):
             family.append(_visible_sibling(scene, family, rng))
-        for picture, n_copies in zip(family, [copies] + [1] * siblings):
+        for picture, n_copies in zip(family, [copies] + [1] * siblings, strict=True):
             group = len(set(groups))
             images.append(squash(picture, size))
             groups.append(group)
@@ -223,19 +225,26 @@ def planted_set(
 
 def _visible_sibling(scene: Scene, family: list[Image.Image], rng: np.random.Generator) -> Image.Image:
     # A changed shape may end up hidden under a large one, clipped back into place, recoloured to the same
-    # brightness (a grey copy could not tell it apart) or changed as in an earlier sibling: draw again until, against
-    # every picture of the family so far, the brightness changed by 40 or more on at least `SIBLING_CHANGE` of the
-    # picture.
-    drawn = [_brightness(picture) for picture in family]
+    # brightness (a grey copy could not tell it apart), changed as in an earlier sibling, or so close to the border
+    # that a copy's crop cuts it off (the copy would then be a crop of the original): draw again until, against every
+    # picture of the family so far, the brightness changed by 40 or more on at least `SIBLING_CHANGE` of the
+    # picture, inside the central 80 % that no crop of a copy removes.
+    drawn = [_central_brightness(picture) for picture in family]
     while True:
         candidate = render(sibling(scene, rng))
-        brightness = _brightness(candidate)
-        if all((np.abs(brightness - other) >= 40).mean() >= SIBLING_CHANGE for other in drawn):
+        brightness = _central_brightness(candidate)
+        if all((np.abs(brightness - other) >= 40).sum() >= SIBLING_CHANGE * picture_area(candidate) for other in drawn):
             return candidate
 
 
-def _brightness(picture: Image.Image) -> np.ndarray:
-    return np.asarray(picture.convert("L"), dtype=np.int16)
+def picture_area(picture: Image.Image) -> int:
+    return picture.width * picture.height
+
+
+def _central_brightness(picture: Image.Image) -> np.ndarray:
+    width, height = picture.size
+    central = picture.crop((round(0.1 * width), round(0.1 * height), round(0.9 * width), round(0.9 * height)))
+    return np.asarray(central.convert("L"), dtype=np.int16)
 
 
 def _random_shape(rng: np.random.Generator, extent: tuple[float, float], small: bool) -> Shape:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _planted import COMBINATIONS, TRANSFORMS, apply, planted_set, random_scene, render, squash
 
+from _planted import COMBINATIONS, TRANSFORMS, apply, planted_set, random_scene, render, squash
 from pieceboard import dedup
 from pieceboard.dedup import find_duplicates
 
