@@ -2,7 +2,8 @@
 
 Two data sets: synthetic pictures with planted copies (tests/_planted.py: every picture has two augmented copies, and
 every picture a distinct look-alike sibling with one copy of its own), and the built-in digits (every digit plain,
-rotated by up to 30 degrees and inverted). Writes one JSON record.
+rotated by up to 30 degrees and inverted). Also how far arbitrary-angle rotations of the synthetic pictures are found.
+Writes one JSON record.
 
     .venv/bin/python benchmarks/dedup.py [--images 12000] [--output results/dedup.json]
 """
@@ -22,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _planted import planted_set  # noqa: E402
+from _planted import apply, planted_set, random_scene, render, squash  # noqa: E402
 from pieceboard import dedup  # noqa: E402
 from pieceboard._image import load_rgb  # noqa: E402
 from pieceboard.builtin import materialize  # noqa: E402
@@ -42,6 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     record = {"environment": _environment(), "planted": planted(args.images, args.size, args.seed)}
+    record["planted_rotations"] = planted_rotations(args.size, args.seed)
     if not args.no_digits:
         record["digits"] = digits(args.size)
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +58,18 @@ def planted(images: int, size: int, seed: int) -> dict:
     generated = time.perf_counter() - started
     groups, seconds = _timed_detection(pixels)
     return {"images": len(pixels), "seconds_to_generate": round(generated, 1), **score(groups, truth, seconds)}
+
+
+def planted_rotations(size: int, seed: int, pictures: int = 100) -> dict[str, float]:
+    """Recall of (picture, copy rotated by an arbitrary angle, black fill) pairs, by angle."""
+    rng = np.random.default_rng(seed)
+    scenes = [render(random_scene(rng)) for _ in range(pictures)]
+    recall = {}
+    for angle in (1, 2, 5, 10, 30):
+        copies = [squash(apply(picture, (f"rotate{angle}",), rng), size) for picture in scenes]
+        found = _labels(dedup.find_duplicates(np.stack([squash(p, size) for p in scenes] + copies)), 2 * pictures)
+        recall[f"{angle} degrees"] = round(float(np.mean(found[:pictures] == found[pictures:])), 3)
+    return recall
 
 
 def digits(size: int) -> dict:
