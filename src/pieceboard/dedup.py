@@ -99,7 +99,7 @@ _REGISTER_STEPS = 5
 # that verified after it reached 32 (planted) and 71 (digits, a slightly rotated one); distinct pairs median 70.
 _HOPELESS = 80.0
 _MIN_OVERLAP = 0.6  # of the template's pixels inside the source after registration
-_SCALE_RANGE = (0.6, 1.5)  # of the source's side per template side: crops of 20 % give 0.8, rotations stretch 1.2
+_SCALE_RANGE = (0.6, 1.5)  # source pixels per template side, over the source's side: a 20 % crop gives 0.8
 _DAMPING = 1e-3  # Levenberg damping of registration steps, relative to the mean curvature
 _CHUNK = 32  # query hashes compared at a time: the XOR, count and hit buffers stay small
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, the weights of PIL's convert("L")
@@ -435,8 +435,7 @@ _CANONICAL_WEIGHTS = (
     / (1.0 + np.add.outer(np.arange(_HASH_BLOCK), np.arange(_HASH_BLOCK)).ravel()) ** 2
 )
 _SCORE_WEIGHTS = np.zeros((_HASH_BLOCK**2, 16), np.float32)
-for _e in range(16):
-    _SCORE_WEIGHTS[_PERMUTATION[_e], _e] = _SIGN[_e] * _CANONICAL_WEIGHTS
+_SCORE_WEIGHTS[_PERMUTATION, np.arange(16)[:, None]] = _SIGN * _CANONICAL_WEIGHTS
 
 
 def _hamming_matches(queries: np.ndarray, stored: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
