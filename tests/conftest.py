@@ -153,3 +153,31 @@ def wait_until(condition, what: str, deadline: float = 120, poll: float = 0.1):
             return value
         time.sleep(poll)
     pytest.fail(f"{what}: not within {deadline:.0f}s")
+
+
+def make_augmented_folder(root: Path, classes: int = 3, pictures: int = 6, seed: int = 0, singles: int = 0) -> Path:
+    """Class folders of distinct synthetic pictures, each stored plain, turned 90 degrees and colour-inverted, like
+    the One Piece set: `<class>/<i>.png`, `<i>_rot.png`, `<i>_inv.png` are one picture (same stem); then `singles`
+    more pictures per class stored once (`<class>/single_<i>.png`)."""
+    from PIL import ImageOps
+
+    from _planted import random_scene, render
+
+    rng = np.random.default_rng(seed)
+    for k in range(classes):
+        folder = root / f"class_{chr(ord('a') + k)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(pictures):
+            picture = render(random_scene(rng, side=(80, 140)))
+            picture.save(folder / f"{i:02d}.png")
+            picture.transpose(Image.Transpose.ROTATE_90).save(folder / f"{i:02d}_rot.png")
+            ImageOps.invert(picture).save(folder / f"{i:02d}_inv.png")
+        for i in range(singles):
+            render(random_scene(rng, side=(80, 140))).save(folder / f"single_{i:02d}.png")
+    return root
+
+
+def picture_of(path: str) -> str:
+    """The picture an augmented file is a copy of: its folder and stem without _rot/_inv."""
+    folder, _, name = path.rpartition("/")
+    return f"{folder}/{name.split('.')[0].removesuffix('_rot').removesuffix('_inv').removesuffix('_copy')}"

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_image_folder
+from conftest import make_augmented_folder, make_image_folder, picture_of
 from pieceboard.config import DataTable
-from pieceboard.data import DataError, make_manifest, scan_folder, stratified_split
+from pieceboard.data import (
+    DataError,
+    cross_split,
+    grouped_split,
+    leaked_test,
+    make_manifest,
+    scan_folder,
+    stratified_split,
+)
 
 
 def test_scan_labels_are_sorted_class_folders(image_folder):
@@ -133,3 +142,66 @@ def test_split_keeps_every_class_on_both_sides():
         assert np.bincount(labels[is_test], minlength=3).tolist() == [10, 10, 1]
     tiny = np.repeat(np.arange(3), 2)
     assert np.bincount(tiny[stratified_split(tiny, 0.8, 0)]).tolist() == [1, 1, 1]
+
+
+def _random_groups(rng: np.random.Generator, labels: np.ndarray) -> list[list[int]]:
+    groups, members = [], {label: list(rng.permutation(np.flatnonzero(labels == label))) for label in set(labels)}
+    for label in members:
+        pool = members[label]
+        while len(pool) >= 3:
+            size = int(rng.integers(1, 4))
+            group, pool[:] = pool[:size], pool[size:]
+            if size > 1:
+                groups.append(sorted(int(i) for i in group))
+    return groups
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_grouped_split_keeps_groups_whole_and_classes_on_target(seed):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(5), rng.integers(20, 60, size=5))
+    groups = _random_groups(rng, labels)
+    assert groups and max(len(g) for g in groups) == 3
+    is_test = grouped_split(labels, groups, 0.2, seed)
+    assert not any(is_test[g].any() and not is_test[g].all() for g in groups)  # no group on both sides
+    for label in range(5):
+        size = int((labels == label).sum())
+        n_test = int(is_test[labels == label].sum())
+        assert abs(n_test - round(0.2 * size)) <= 1 and 0 < n_test < size
+    assert np.array_equal(is_test, grouped_split(labels, groups, 0.2, seed))  # seeded
+
+
+def test_grouped_split_without_groups_is_the_random_split():
+    labels = np.repeat(np.arange(4), [50, 30, 20, 10])
+    for seed in range(5):
+        assert np.array_equal(grouped_split(labels, [], 0.2, seed), stratified_split(labels, 0.2, seed))
+
+
+def test_leaks_and_straddling_groups():
+    is_test = np.array([True, False, True, True, False, False])
+    groups = [[0, 1], [2, 3], [4, 5]]
+    assert leaked_test(is_test, groups).tolist() == [True, False, False, False, False, False]
+    assert cross_split(is_test, groups) == [[0, 1]]
+
+
+@pytest.mark.parametrize("split", ["random", "grouped"])
+def test_manifest_records_copies_and_what_the_split_leaks(tmp_path, split):
+    folder = make_augmented_folder(tmp_path / "aug", classes=3, pictures=6)
+    manifest = make_manifest(DataTable(path=str(folder), split=split), tmp_path / "out")
+    meta = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    pictures = {picture_of(p) for p in manifest.paths}
+    truth = sorted(sorted(p for p in manifest.paths if picture_of(p) == pic) for pic in pictures)
+    assert sorted(meta["duplicate_groups"]) == truth  # every copy found, nothing else grouped
+    side = dict(zip(manifest.paths, manifest.is_test, strict=True))
+    straddling = [g for g in truth if len({side[p] for p in g}) == 2]
+    assert sorted(meta["cross_split_groups"]) == straddling
+    leaked = sorted(p for g in straddling for p in g if side[p])
+    assert sorted(meta["leaked_test"]) == leaked
+    if split == "grouped":
+        assert straddling == [] and leaked == []
+    again = make_manifest(DataTable(path=str(folder), split=split), tmp_path / "out")  # reused, groups read back
+    assert again.groups == manifest.groups and again.split == split
+    with pytest.raises(DataError, match="split='random'|split='grouped'"):
+        make_manifest(
+            DataTable(path=str(folder), split="random" if split == "grouped" else "grouped"), tmp_path / "out"
+        )
