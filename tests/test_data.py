@@ -205,3 +205,16 @@ def test_manifest_records_copies_and_what_the_split_leaks(tmp_path, split):
         make_manifest(
             DataTable(path=str(folder), split="random" if split == "grouped" else "grouped"), tmp_path / "out"
         )
+
+
+def test_a_class_of_one_picture_cannot_be_split_without_leaking(tmp_path):
+    picture = Image.effect_noise((40, 40), 60).convert("RGB")
+    for name in ("a", "b"):
+        (tmp_path / "d" / name).mkdir(parents=True)
+    for i in range(4):
+        picture.save(tmp_path / "d" / "a" / f"{i}.png")  # class a: four copies of one picture
+        Image.effect_noise((40, 40), 60).convert("RGB").save(tmp_path / "d" / "b" / f"{i}.png")
+    with pytest.raises(DataError, match="every image of class 'a' is a copy of one picture"):
+        make_manifest(DataTable(path=str(tmp_path / "d")), tmp_path / "grouped")
+    random = make_manifest(DataTable(path=str(tmp_path / "d"), split="random"), tmp_path / "random")
+    assert random.leaked().sum() == int(random.is_test[random.labels == 0].sum())  # every test image of a leaks

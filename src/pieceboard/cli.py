@@ -209,7 +209,8 @@ def _throughput(args: argparse.Namespace) -> int:
     from pieceboard import builtin
     from pieceboard._console import wide_console
     from pieceboard.config import unknown_model
-    from pieceboard.throughput import DEFAULT_CASES, FULL_CASES, generate_folder, run_throughput, save_report, table
+    from pieceboard.device import device_type
+    from pieceboard.throughput import DEFAULT_CASES, FULL_CASES, generate_folder, run_throughput, table
 
     cases = args.case or (DEFAULT_CASES + (FULL_CASES if args.full else []))
     for model, _ in cases:
@@ -234,8 +235,10 @@ def _throughput(args: argparse.Namespace) -> int:
                 f"(ceiling {result.synthetic_img_s:.0f}, seed pipeline {result.baseline_img_s:.0f})"
             )
 
-        report = run_throughput(cases, folder, args.batch_size, args.precision, args.seconds, on_case=show)
-    save_report(report, Path(args.output))
+        seconds = args.seconds or (2.0 if device_type() == "cuda" else 4.0)
+        report = run_throughput(
+            cases, folder, args.batch_size, args.precision, seconds, on_case=show, output=Path(args.output)
+        )
     console.print(table(report))
     console.print(f"written to {args.output}")
     return 0
@@ -293,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--full", action="store_true", help="add the 200 px cases")
     speed.add_argument("--batch-size", type=int, default=64)
     speed.add_argument("--precision", choices=["auto", "no", "bf16", "fp16"], default="auto")
-    speed.add_argument("--seconds", type=float, default=4.0, help="timed seconds per measurement (default 4)")
+    speed.add_argument(
+        "--seconds", type=float, help="timed seconds per measurement (default 4 on a CPU, 2 on a GPU: ~60 s in all)"
+    )
     speed.add_argument("--output", default="results/throughput.json", help="JSON report path")
     speed.set_defaults(handler=_throughput)
     return parser

@@ -291,10 +291,21 @@ def make_manifest(data: DataTable, output: Path, progress: Progress | None = Non
 
 
 def split_images(found: Inspection, data: DataTable) -> np.ndarray:
-    """The split `[data] split` asks for: True where an image is held out for testing."""
+    """The split `[data] split` asks for: True where an image is held out for testing.
+
+    Raises:
+        DataError: With the grouped split, a class whose images are all copies of one picture.
+    """
     if data.split == "random":
         return stratified_split(found.labels, data.test_fraction, data.split_seed)
-    return grouped_split(found.labels, found.groups, data.test_fraction, data.split_seed)
+    try:
+        return grouped_split(found.labels, found.groups, data.test_fraction, data.split_seed)
+    except SplitError as exc:
+        name = found.class_names[exc.label]
+        raise DataError(
+            f"data.path: every image of class '{name}' is a copy of one picture, so none can be held out for testing "
+            f'without its copies in training; add pictures to that class, or use split = "random" (it leaks)'
+        ) from None
 
 
 def _check_class_sizes(labels: np.ndarray, class_names: list[str]) -> None:
@@ -359,7 +370,18 @@ def grouped_split(labels: np.ndarray, groups: list[list[int]], test_fraction: fl
         nearer = best is not None and abs(taken + sizes[best] - target) < abs(taken - target)
         if best is not None and (nearer or taken == 0) and sizes[best] < len(members):
             side[best] = True
+            taken += sizes[best]
+        if taken == 0 or taken == len(members):
+            raise SplitError(int(label))
     return np.array([side[u] for u in unit], dtype=bool)
+
+
+class SplitError(DataError):
+    """A class cannot be split without leaking: all of its images are copies of one picture."""
+
+    def __init__(self, label: int):
+        super().__init__(f"class {label}")
+        self.label = label
 
 
 def leaked_test(is_test: np.ndarray, groups: list[list[int]]) -> np.ndarray:

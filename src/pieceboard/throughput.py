@@ -250,20 +250,26 @@ def run_throughput(
     precision: str = "auto",
     seconds: float = 4.0,
     on_case: Callable[[CaseResult], None] | None = None,
+    output: Path | None = None,
 ) -> dict[str, Any]:
-    """Measure every case; returns the JSON-ready report (environment and one entry per case)."""
-    results = []
-    for model_name, size in cases:
-        result = measure_case(model_name, size, batch_size, folder, precision=precision, seconds=seconds)
-        results.append(result)
-        if on_case:
-            on_case(result)
-    return {
+    """Measure every case; returns the JSON-ready report (environment and one entry per case).
+
+    With `output`, the report is written after every case, so a run stopped half way keeps what it measured.
+    """
+    report = {
         "folder": str(folder),
         "images": len(scan_folder(folder).paths),
         "environment": environment(make_accelerator("no")),
-        "cases": [asdict(r) for r in results],
+        "cases": [],
     }
+    for model_name, size in cases:
+        result = measure_case(model_name, size, batch_size, folder, precision=precision, seconds=seconds)
+        report["cases"].append(asdict(result))
+        if output is not None:
+            save_report(report, output)
+        if on_case:
+            on_case(result)
+    return report
 
 
 def table(report: dict[str, Any]):
