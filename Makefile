@@ -14,10 +14,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# accelerate launch gives a lone CPU process one thread unless told otherwise: hand it every core.
+# One process that trains the demo's cells side by side, one worker per core (see docs/training.md#threads).
 demo: $(VENV)/.installed
-	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		--num_cpu_threads_per_process $(shell nproc) -m pieceboard.bench benchmarks/demo.toml
+	$(BIN)/pieceboard bench benchmarks/demo.toml
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks

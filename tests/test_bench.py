@@ -56,7 +56,8 @@ def test_bench_end_to_end_and_figures_rederive(tmp_path, image_folder):
     proc = _cli("-m", "pieceboard.bench", str(bench), "--output", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "mlp@8px" in proc.stdout and "mlp@12px" in proc.stdout
-    for name in ("manifest.csv", "leaderboard.json", "leaderboard.csv", "leaderboard.md"):
+    assert "warning: the test split has 9 images: one image moves accuracy by 11.1 points" in proc.stdout
+    for name in ("manifest.csv", "leaderboard.json", "leaderboard.csv", "leaderboard.md", "report.html"):
         assert (out / name).is_file()
     with open(out / "manifest.csv", newline="") as f:
         manifest = list(csv.DictReader(f))
@@ -210,3 +211,23 @@ def test_killed_benchmark_keeps_finished_runs_and_resumes(tmp_path, image_folder
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "kept quick" in rerun.stdout and first.stat().st_mtime_ns == stamp
     assert {r.status for r in pieceboard.load_results(out)} == {"completed"}
+
+
+def test_dry_run_lists_cells_and_what_would_be_kept(tmp_path, image_folder):
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
+    out = tmp_path / "out"
+    fresh = _cli("-m", "pieceboard.bench", str(bench), "--output", str(out), "--dry-run", cwd=tmp_path)
+    assert fresh.returncode == 0 and not out.exists()  # nothing written
+    assert [line.split()[1] for line in fresh.stdout.splitlines() if "mlp@" in line] == ["mlp@8px", "mlp@12px"]
+    assert all(line.rstrip(" │").endswith("run") for line in fresh.stdout.splitlines() if "mlp@" in line)
+    pieceboard.run(bench, output=out, overrides=["matrix.image_size=[8]"])
+    again = _cli("-m", "pieceboard.bench", str(bench), "--output", str(out), "--dry-run", cwd=tmp_path)
+    rows = {line.split()[1]: line for line in again.stdout.splitlines() if "mlp@" in line}
+    assert "kept" in rows["mlp@8px"] and " run " in rows["mlp@12px"] + " "
+
+
+def test_a_batch_larger_than_the_training_split_is_a_warning(tmp_path, image_folder):
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY.replace("batch_size = 8", "batch_size = 64"))
+    proc = _cli("-m", "pieceboard.bench", str(bench), "--output", "out", "--set", "matrix.image_size=[8]", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "warning: batch_size 64 (mlp) is larger than the 27 training images: one step per epoch" in proc.stdout

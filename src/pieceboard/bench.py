@@ -187,7 +187,7 @@ def run(
                     results += _run_here(config, state, manifest, tasks, output, display)
                 else:
                     results += _run_in_workers(
-                        config, state, tasks, plans, output, display, source, overrides, jobs, threads
+                        config, state, manifest, tasks, plans, output, display, source, overrides, jobs, threads
                     )
             check_stop()
         except KeyboardInterrupt:
@@ -371,6 +371,7 @@ def _share(tasks: list[CellTask], cost: dict[str, float], rank: int, world: int)
 def _run_in_workers(
     config: Config,
     state: PartialState,
+    manifest: Manifest,
     tasks: list[CellTask],
     plans: dict[str, Plan],
     output: Path,
@@ -380,7 +381,10 @@ def _run_in_workers(
     jobs: int | None,
     threads: int | None,
 ) -> list[RunResult]:
-    """Cells side by side in worker processes; with parallel = "cells" only this process's share."""
+    """Cells side by side in worker processes; with parallel = "cells" only this process's share.
+
+    One worker's worth of cells runs in this process instead: the same code, without a second start of torch.
+    """
     cells = {cell.id: cell for cell in config.cells}
     world = state.num_processes
     cost = {t.cell_id: plans[t.cell_id].cost for t in tasks}
@@ -392,6 +396,13 @@ def _run_in_workers(
     slots, per_worker = worker_slots(
         jobs or config.benchmark.jobs, threads or config.benchmark.threads, len(tasks), local
     )
+    if state.is_main_process:
+        display.note(f"training {len(tasks)} cell(s), {len(slots)} at a time, {per_worker} CPU thread(s) each")
+    if world == 1 and len(slots) == 1:
+        import torch
+
+        torch.set_num_threads(per_worker)
+        return _run_here(config, state, manifest, tasks, output, display)
     tracker = _tracker(config, output)
     spec = WorkerSpec(
         source=str(source) if isinstance(source, Path) else source,
@@ -402,8 +413,6 @@ def _run_in_workers(
         group=tracker.group,
         threads=per_worker,
     )
-    if state.is_main_process:
-        display.note(f"training {len(tasks)} cell(s), {len(slots)} at a time, {per_worker} CPU thread(s) each")
     results = []
     try:
         for event in WorkerPool(spec, slots).run(tasks):

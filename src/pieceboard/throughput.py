@@ -24,7 +24,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from pieceboard.config import Cell, TrainSettings
 from pieceboard.data import scan_folder
 from pieceboard.device import device_type, make_accelerator, resolve_precision, synchronize
 from pieceboard.models import probe
-from pieceboard.train import RunData, environment, optimizer_step, setup, train_step
+from pieceboard.train import RunData, Setup, environment, optimizer_step, setup, train_step
 
 DEFAULT_CASES = [("pieceboard_mlp", 50), ("resnet18", 64), ("mobilenetv3_large_100", 64)]
 FULL_CASES = [("pieceboard_mlp", 200), ("resnet18", 200), ("mobilenetv3_large_100", 200)]
@@ -132,6 +132,88 @@ def _forever(loader) -> Iterator[Any]:
         epoch += 1
 
 
+@dataclass
+class _Timing:
+    """How each measurement of a case is timed (see `_timed`)."""
+
+    warmup: int
+    seconds: float
+    min_steps: int
+
+
+def _cold_cache(folder: Path, image_size: int) -> tuple[RunData, float]:
+    """Decode the folder into a cache from cold: the run data, and images cached per second."""
+    scan = scan_folder(folder)
+    names = sorted(set(scan.classes))
+    labels = np.array([names.index(c) for c in scan.classes], dtype=np.int64)
+    files = [folder / p for p in scan.paths]
+    with tempfile.TemporaryDirectory() as cold:
+        started = time.perf_counter()
+        pixels = build_cache(files, image_size, root=Path(cold))
+        cache_img_s = len(files) / (time.perf_counter() - started)
+        pixels = np.array(pixels)  # keep the pixels once the temporary cache folder goes
+    everything = np.arange(len(files))
+    return RunData(pixels, labels, everything, everything, names, channel_stats(pixels, everything)), cache_img_s
+
+
+def _baseline(run: Setup, accelerator, folder: Path, image_size: int, timing: _Timing, workers) -> tuple[float, int]:
+    """The original study's pipeline feeding the same step: images per second, best of several worker counts."""
+    import torchvision
+    from torchvision import transforms
+
+    mean, std = run.mean_std
+    tf = transforms.Compose(
+        [transforms.Resize((image_size, image_size)), transforms.ToTensor(), transforms.Normalize(mean, std)]
+    )
+    dataset = torchvision.datasets.ImageFolder(str(folder), transform=tf)
+    device = accelerator.device
+
+    def float_step(batch):
+        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        if run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return optimizer_step(run.model, run.optimizer, accelerator, x, y)
+
+    best, best_workers = 0.0, 0
+    for n in workers:
+        # The seed's DataLoader as it was written: default settings (workers restart every epoch, no pinning).
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=run.train_loader.batch_size, shuffle=True, num_workers=n
+        )
+        rate, _, _ = _timed(_forever(loader), float_step, _sync(device), *astuple(timing))
+        if rate > best:
+            best, best_workers = rate, n
+    return best, best_workers
+
+
+def _eval_rates(run: Setup, accelerator, image_size: int, timing: _Timing) -> tuple[float, float]:
+    """pieceboard's evaluation loop, and a timm benchmark.py-style loop on a device-resident random batch."""
+    model, (mean, std), device = run.model, run.mean_std, accelerator.device
+    model.eval()
+
+    def eval_step(batch):
+        with torch.no_grad(), accelerator.autocast():
+            return model(to_float(batch[0], mean, std, run.channels_last)).float().sum()
+
+    ours, _, _ = _timed(_forever(run.test_loader), eval_step, _sync(device), *astuple(timing))
+    batch_size = run.test_loader.batch_size
+    noise = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    if run.channels_last:
+        noise = noise.contiguous(memory_format=torch.channels_last)
+    timm_batch = (noise, torch.zeros(batch_size))
+
+    def timm_step(batch):
+        with torch.no_grad(), accelerator.autocast():
+            return model(batch[0]).float().sum()
+
+    timm, _, _ = _timed(iter(lambda: timm_batch, None), timm_step, _sync(device), *astuple(timing))
+    return ours, timm
+
+
+def _sync(device) -> Callable[[], None]:
+    return functools.partial(synchronize, device)
+
+
 def measure_case(
     model_name: str,
     image_size: int,
@@ -144,98 +226,41 @@ def measure_case(
     workers: tuple[int, ...] = (0, 1, 2),
 ) -> CaseResult:
     """Measure one case; see the module docstring for what each figure means."""
-    import torchvision
-    from torchvision import transforms
-
-    scan = scan_folder(folder)
-    if len(scan.paths) < batch_size:
-        raise PieceboardError(f"{folder}: {len(scan.paths)} images, fewer than one batch of {batch_size}")
-    names = sorted(set(scan.classes))
-    labels = np.array([names.index(c) for c in scan.classes], dtype=np.int64)
-    files = [folder / p for p in scan.paths]
-    with tempfile.TemporaryDirectory() as cold:
-        started = time.perf_counter()
-        pixels = build_cache(files, image_size, root=Path(cold))
-        cache_img_s = len(files) / (time.perf_counter() - started)
-        pixels = np.array(pixels)  # keep the pixels once the temporary cache folder goes
-    everything = np.arange(len(files))
-    data = RunData(pixels, labels, everything, everything, names, channel_stats(pixels, everything))
-
+    if len(scan_folder(folder).paths) < batch_size:
+        raise PieceboardError(f"{folder}: fewer images than one batch of {batch_size}")
+    timing = _Timing(warmup, seconds, min_steps)
+    data, cache_img_s = _cold_cache(folder, image_size)
     # The same model, optimizer, loader and step as a benchmark run (train.setup), at a fixed learning rate.
     traits = probe(model_name, image_size)
     precision = resolve_precision(precision, device_type(), traits.depthwise, traits.strided_conv_on_one_pixel)
     settings = TrainSettings(batch_size=batch_size, image_size=image_size, precision=precision, scheduler="none")
-    cell = Cell(f"{model_name}@{image_size}px", model_name, model_name, "scratch", None, settings)
     accelerator = make_accelerator(precision)
-    run = setup(cell, data, accelerator)
-    model, optimizer, channels_last, (mean, std) = run.model, run.optimizer, run.channels_last, run.mean_std
-    device = accelerator.device
-    sync = functools.partial(synchronize, device)
+    run = setup(
+        Cell(f"{model_name}@{image_size}px", model_name, model_name, "scratch", None, settings), data, accelerator
+    )
 
     def uint8_step(batch):
-        return train_step(model, optimizer, accelerator, batch[0], batch[1], (mean, std), channels_last)
+        return train_step(run.model, run.optimizer, accelerator, batch[0], batch[1], run.mean_std, run.channels_last)
 
-    # (b) the ceiling: one batch already on the device
-    fixed = next(iter(run.test_loader))
-    synthetic, _, _ = _timed(iter(lambda: fixed, None), uint8_step, sync, warmup, seconds, min_steps)
-
-    # (a) pieceboard's loader
-    ours, waited, elapsed = _timed(_forever(run.train_loader), uint8_step, sync, warmup, seconds, min_steps)
-    stall = waited / elapsed
-
-    # (c) the original study's pipeline, best of several worker counts
-    tf = transforms.Compose(
-        [transforms.Resize((image_size, image_size)), transforms.ToTensor(), transforms.Normalize(mean, std)]
-    )
-    dataset = torchvision.datasets.ImageFolder(str(folder), transform=tf)
-
-    def float_step(batch):
-        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return optimizer_step(model, optimizer, accelerator, x, y)
-
-    baseline, best_workers = 0.0, 0
-    for n in workers:
-        # The seed's DataLoader as it was written: default settings (workers restart every epoch, no pinning).
-        dl = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=n)
-        rate, _, _ = _timed(_forever(dl), float_step, sync, warmup, seconds, min_steps)
-        del dl
-        if rate > baseline:
-            baseline, best_workers = rate, n
-
-    # (d) evaluation: pieceboard's loop against a timm benchmark.py-style inference loop
-    model.eval()
-
-    def eval_step(batch):
-        with torch.no_grad(), accelerator.autocast():
-            return model(to_float(batch[0], mean, std, channels_last)).float().sum()
-
-    ours_eval, _, _ = _timed(_forever(run.test_loader), eval_step, sync, warmup, seconds, min_steps)
-    noise = torch.randn(batch_size, 3, image_size, image_size, device=device)
-    if channels_last:
-        noise = noise.contiguous(memory_format=torch.channels_last)
-    timm_batch = (noise, torch.zeros(batch_size))
-
-    def timm_step(batch):
-        with torch.no_grad(), accelerator.autocast():
-            return model(batch[0]).float().sum()
-
-    timm_eval, _, _ = _timed(iter(lambda: timm_batch, None), timm_step, sync, warmup, seconds, min_steps)
+    fixed = next(iter(run.test_loader))  # the ceiling: one batch already on the device
+    synthetic, _, _ = _timed(iter(lambda: fixed, None), uint8_step, _sync(accelerator.device), *astuple(timing))
+    ours, waited, elapsed = _timed(_forever(run.train_loader), uint8_step, _sync(accelerator.device), *astuple(timing))
+    baseline, best_workers = _baseline(run, accelerator, folder, image_size, timing, workers)
+    ours_eval, timm_eval = _eval_rates(run, accelerator, image_size, timing)
     accelerator.free_memory()
     return CaseResult(
         model=model_name,
         image_size=image_size,
         batch_size=batch_size,
         precision=precision,
-        channels_last=bool(channels_last),
+        channels_last=bool(run.channels_last),
         train_img_s=ours,
         synthetic_img_s=synthetic,
         baseline_img_s=baseline,
         baseline_workers=best_workers,
         pipeline_efficiency=ours / synthetic,
         speedup_vs_baseline=ours / baseline,
-        stall_fraction=stall,
+        stall_fraction=waited / elapsed,
         eval_img_s=ours_eval,
         timm_eval_img_s=timm_eval,
         eval_parity=ours_eval / timm_eval,
