@@ -50,8 +50,10 @@ def image_folder(tmp_path: Path) -> Path:
 
 def write_benchmark(path: Path, data_path: Path | str, body: str) -> Path:
     """A benchmark file with [benchmark] and [data] filled in and `body` (defaults, runs, matrix) after them."""
+    # jobs = 1: the cells train in the test's benchmark process (tests/test_jobs.py covers worker processes).
     path.write_text(
-        f'[benchmark]\nname = "t"\nwandb = "off"\n\n[data]\npath = "{data_path}"\ntest_fraction = 0.25\n\n{body}'
+        f'[benchmark]\nname = "t"\nwandb = "off"\njobs = 1\n\n[data]\npath = "{data_path}"\ntest_fraction = 0.25\n\n'
+        f"{body}"
     )
     return path
 
@@ -181,3 +183,29 @@ def picture_of(path: str) -> str:
     """The picture an augmented file is a copy of: its folder and stem without _rot/_inv."""
     folder, _, name = path.rpartition("/")
     return f"{folder}/{name.split('.')[0].removesuffix('_rot').removesuffix('_inv').removesuffix('_copy')}"
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """The `pieceboard` command run in this process, as a user would run it, without a second start of torch:
+    `cli("bench", FILE, "--output", DIR)` returns (exit code, stdout, stderr) as a CompletedProcess."""
+    from pieceboard._console import STOP
+    from pieceboard.cli import main
+
+    def run(*argv, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit_:  # argparse: --help, --version, a usage mistake
+            code = exit_.code
+        finally:  # the command installs its Ctrl-C handler; the test process keeps its own
+            signal.signal(signal.SIGINT, handlers[0])
+            signal.signal(signal.SIGTERM, handlers[1])
+            STOP.clear()
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, out.out, out.err)
+
+    return run

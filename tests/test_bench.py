@@ -33,10 +33,6 @@ image_size = [8, 12]
 """
 
 
-def _cli(*args, cwd):
-    return run_command([sys.executable, *args], cwd=cwd)
-
-
 def _recompute(predictions_csv, class_names):
     with open(predictions_csv, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -50,10 +46,10 @@ def _recompute(predictions_csv, class_names):
     }
 
 
-def test_bench_end_to_end_and_figures_rederive(tmp_path, image_folder):
+def test_bench_end_to_end_and_figures_rederive(tmp_path, image_folder, cli):
     bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
     out = tmp_path / "out"
-    proc = _cli("-m", "pieceboard.bench", str(bench), "--output", str(out), cwd=tmp_path)
+    proc = cli("bench", str(bench), "--output", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "mlp@8px" in proc.stdout and "mlp@12px" in proc.stdout
     assert "warning: the test split has 9 images: one image moves accuracy by 11.1 points" in proc.stdout
@@ -84,15 +80,13 @@ def test_bench_end_to_end_and_figures_rederive(tmp_path, image_folder):
         assert cm.sum() == 9 and np.trace(cm) == round(figures["accuracy"] * 9)
 
 
-def test_failed_run_does_not_stop_the_others_and_rerun_keeps_finished_ones(tmp_path, image_folder):
+def test_failed_run_does_not_stop_the_others_and_rerun_keeps_finished_ones(tmp_path, image_folder, cli):
     body = BODY.replace("[matrix]\nimage_size = [8, 12]", "") + (
         '\n[[runs]]\nname = "diverges"\nmodel = "pieceboard_mlp"\nmode = "scratch"\nlr = 1e30\n'
     )
     bench = write_benchmark(tmp_path / "b.toml", image_folder, body)
     out = tmp_path / "out"
-    proc = _cli(
-        "-m", "pieceboard.bench", str(bench), "--output", str(out), "--set", "defaults.image_size=8", cwd=tmp_path
-    )
+    proc = cli("bench", bench, "--output", out, "--set", "defaults.image_size=8", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]
     results = {r.id: r for r in pieceboard.load_results(out)}
     assert results["mlp"].status == "completed"
@@ -102,46 +96,29 @@ def test_failed_run_does_not_stop_the_others_and_rerun_keeps_finished_ones(tmp_p
     assert "failed: NonFiniteLoss" in board.to_markdown()
 
     stamp = (out / "runs" / "mlp" / "result.json").stat().st_mtime_ns
-    proc = _cli(
-        "-m", "pieceboard.bench", str(bench), "--output", str(out), "--set", "defaults.image_size=8", cwd=tmp_path
-    )
+    proc = cli("bench", bench, "--output", out, "--set", "defaults.image_size=8", cwd=tmp_path)
     assert "kept mlp" in proc.stdout
     assert (out / "runs" / "mlp" / "result.json").stat().st_mtime_ns == stamp  # not trained again
     # a changed setting is a different experiment: the cell runs again
-    proc = _cli(
-        "-m",
-        "pieceboard.bench",
-        str(bench),
-        "--output",
-        str(out),
-        "--set",
-        "defaults.image_size=8",
-        "--set",
-        "runs.mlp.epochs=1",
-        cwd=tmp_path,
-    )
+    cli("bench", bench, "--output", out, "--set", "defaults.image_size=8", "--set", "runs.mlp.epochs=1", cwd=tmp_path)
     assert (out / "runs" / "mlp" / "result.json").stat().st_mtime_ns != stamp
     assert len(json.loads((out / "runs" / "mlp" / "result.json").read_text())["history"]) == 1
 
 
-def test_leaderboard_command_renders_stored_results(tmp_path, image_folder):
+def test_leaderboard_command_renders_stored_results(tmp_path, image_folder, cli):
     bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
     out = tmp_path / "out"
     pieceboard.run(bench, output=out)
-    rows = json.loads(_cli("-m", "pieceboard.cli", "leaderboard", str(out), "--format", "json", cwd=tmp_path).stdout)
+    rows = json.loads(cli("leaderboard", out, "--format", "json", cwd=tmp_path).stdout)
     assert [r["rank"] for r in rows] == [1, 2]
     assert rows == json.loads((out / "leaderboard.json").read_text())
-    md = _cli("-m", "pieceboard.cli", "leaderboard", str(out), "--format", "md", cwd=tmp_path).stdout
+    md = cli("leaderboard", str(out), "--format", "md", cwd=tmp_path).stdout
     assert md.splitlines()[0].startswith("| # | run | model |") and "mlp@8px" in md
-    table = _cli("-m", "pieceboard.cli", "leaderboard", str(out), cwd=tmp_path)
+    table = cli("leaderboard", str(out), cwd=tmp_path)
     assert table.returncode == 0 and "mlp@12px" in table.stdout and "train img/s" in table.stdout
-    csv_rows = list(
-        csv.DictReader(
-            _cli("-m", "pieceboard.cli", "leaderboard", str(out), "--format", "csv", cwd=tmp_path).stdout.splitlines()
-        )
-    )
+    csv_rows = list(csv.DictReader(cli("leaderboard", out, "--format", "csv", cwd=tmp_path).stdout.splitlines()))
     assert float(csv_rows[0]["f1_macro"]) == pytest.approx(rows[0]["f1_macro"])
-    missing = _cli("-m", "pieceboard.cli", "leaderboard", str(tmp_path / "nope"), cwd=tmp_path)
+    missing = cli("leaderboard", str(tmp_path / "nope"), cwd=tmp_path)
     assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
 
 
@@ -164,7 +141,9 @@ def test_missing_pretrained_weights_stop_before_training(tmp_path, image_folder,
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     body = '[[runs]]\nname = "r18"\nmodel = "resnet18"\nmode = "finetune"\n'
     bench = write_benchmark(tmp_path / "b.toml", image_folder, body)
-    proc = _cli("-m", "pieceboard.bench", str(bench), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    # In a new process: huggingface_hub reads its cache variables when it is imported.
+    argv = [sys.executable, "-m", "pieceboard.bench", str(bench), "--output", str(tmp_path / "out")]
+    proc = run_command(argv, cwd=tmp_path)
     assert proc.returncode == 2
     assert "resnet18" in proc.stderr and "pieceboard prefetch" in proc.stderr and "weights =" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -179,16 +158,16 @@ def test_batch_of_one_is_refused_before_training(tmp_path, image_folder):
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_builtin_is_a_user_error(tmp_path):
+def test_unknown_builtin_is_a_user_error(tmp_path, cli):
     body = '[[runs]]\nname = "mlp"\nmodel = "pieceboard_mlp"\nmode = "scratch"\n'
     bench = write_benchmark(tmp_path / "b.toml", "builtin:nope", body)
-    proc = _cli("-m", "pieceboard.bench", str(bench), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    proc = cli("bench", str(bench), "--output", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 2 and "unknown built-in dataset 'nope'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "term", "kill-9"])
-def test_killed_benchmark_keeps_finished_runs_and_resumes(tmp_path, image_folder, sig):
+def test_killed_benchmark_keeps_finished_runs_and_resumes(tmp_path, image_folder, sig, cli):
     # "quick" finishes at once; "long" is still training when the signal arrives (waited for as an output line).
     body = BODY.replace("[matrix]\nimage_size = [8, 12]", "").replace('name = "mlp"', 'name = "quick"') + (
         '\n[[runs]]\nname = "long"\nmodel = "pieceboard_mlp"\nmode = "scratch"\nepochs = 100000\n'
@@ -207,27 +186,27 @@ def test_killed_benchmark_keeps_finished_runs_and_resumes(tmp_path, image_folder
         assert results["long"] == "skipped" and (out / "leaderboard.json").exists()
     first = out / "runs" / "quick" / "result.json"
     stamp = first.stat().st_mtime_ns
-    rerun = run_command([*args, "--set", "defaults.image_size=8", "--set", "runs.long.epochs=1"], cwd=tmp_path)
+    rerun = cli("bench", *args[3:], "--set", "defaults.image_size=8", "--set", "runs.long.epochs=1", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "kept quick" in rerun.stdout and first.stat().st_mtime_ns == stamp
     assert {r.status for r in pieceboard.load_results(out)} == {"completed"}
 
 
-def test_dry_run_lists_cells_and_what_would_be_kept(tmp_path, image_folder):
+def test_dry_run_lists_cells_and_what_would_be_kept(tmp_path, image_folder, cli):
     bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
     out = tmp_path / "out"
-    fresh = _cli("-m", "pieceboard.bench", str(bench), "--output", str(out), "--dry-run", cwd=tmp_path)
+    fresh = cli("bench", str(bench), "--output", str(out), "--dry-run", cwd=tmp_path)
     assert fresh.returncode == 0 and not out.exists()  # nothing written
     assert [line.split()[1] for line in fresh.stdout.splitlines() if "mlp@" in line] == ["mlp@8px", "mlp@12px"]
     assert all(line.rstrip(" │").endswith("run") for line in fresh.stdout.splitlines() if "mlp@" in line)
     pieceboard.run(bench, output=out, overrides=["matrix.image_size=[8]"])
-    again = _cli("-m", "pieceboard.bench", str(bench), "--output", str(out), "--dry-run", cwd=tmp_path)
+    again = cli("bench", str(bench), "--output", str(out), "--dry-run", cwd=tmp_path)
     rows = {line.split()[1]: line for line in again.stdout.splitlines() if "mlp@" in line}
     assert "kept" in rows["mlp@8px"] and " run " in rows["mlp@12px"] + " "
 
 
-def test_a_batch_larger_than_the_training_split_is_a_warning(tmp_path, image_folder):
+def test_a_batch_larger_than_the_training_split_is_a_warning(tmp_path, image_folder, cli):
     bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY.replace("batch_size = 8", "batch_size = 64"))
-    proc = _cli("-m", "pieceboard.bench", str(bench), "--output", "out", "--set", "matrix.image_size=[8]", cwd=tmp_path)
+    proc = cli("bench", bench, "--output", "out", "--set", "matrix.image_size=[8]", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warning: batch_size 64 (mlp) is larger than the 27 training images: one step per epoch" in proc.stdout

@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 
 from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score
 
 import pieceboard
-from conftest import make_augmented_folder, picture_of, run_command, write_benchmark
+from conftest import make_augmented_folder, picture_of, write_benchmark
 from pieceboard.leaderboard import Leaderboard
 
 
-def _check(*args: str, cwd):
-    return run_command([sys.executable, "-m", "pieceboard.cli", "check-data", *args], cwd=cwd)
-
-
-def test_check_data_reports_counts_bad_files_sizes_and_copies(tmp_path):
+def test_check_data_reports_counts_bad_files_sizes_and_copies(tmp_path, cli):
     folder = make_augmented_folder(tmp_path / "aug", classes=3, pictures=4)
     (folder / "class_a" / "broken.png").write_bytes(b"not a png")
     (folder / "class_b" / "notes.txt").write_text("not an image")
     Image.open(folder / "class_c" / "00.png").save(folder / "class_c" / "00_copy.png")  # an identical file
-    proc = _check(str(folder), "--json", "report.json", cwd=tmp_path)
+    proc = cli("check-data", str(folder), "--json", "report.json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["images"] == 37 and report["classes"] == {"class_a": 12, "class_b": 12, "class_c": 13}
@@ -40,11 +35,11 @@ def test_check_data_reports_counts_bad_files_sizes_and_copies(tmp_path):
     assert "near-duplicates: 12 groups" in proc.stdout and "broken.png" in proc.stdout
 
 
-def test_check_data_of_a_benchmark_warns_about_small_maps_and_a_leaky_split(tmp_path):
+def test_check_data_of_a_benchmark_warns_about_small_maps_and_a_leaky_split(tmp_path, cli):
     folder = make_augmented_folder(tmp_path / "aug", classes=2, pictures=4)
     body = '[[runs]]\nname = "r"\nmodel = "resnet18"\nmode = "scratch"\n\n[matrix]\nimage_size = [50, 128]\n'
     bench = write_benchmark(tmp_path / "b.toml", folder, body)
-    proc = _check(str(bench), "--set", "data.split=random", "--json", "r.json", cwd=tmp_path)
+    proc = cli("check-data", str(bench), "--set", "data.split=random", "--json", "r.json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["stride_warnings"] == [
@@ -55,10 +50,10 @@ def test_check_data_of_a_benchmark_warns_about_small_maps_and_a_leaky_split(tmp_
     assert "leak:" in proc.stdout and 'split = "grouped"' in proc.stdout
 
 
-def test_check_data_of_an_unusable_folder_is_exit_2(tmp_path):
+def test_check_data_of_an_unusable_folder_is_exit_2(tmp_path, cli):
     (tmp_path / "one" / "only").mkdir(parents=True)
     Image.new("RGB", (9, 9)).save(tmp_path / "one" / "only" / "a.png")
-    proc = _check(str(tmp_path / "one"), cwd=tmp_path)
+    proc = cli("check-data", str(tmp_path / "one"), cwd=tmp_path)
     assert proc.returncode == 2 and "at least two" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -80,11 +80,12 @@ mode = "scratch"
         assert result["metrics"]["f1_macro"] == pytest.approx(f1)
 
 
-def test_two_processes_match_one_on_digits(tmp_path):
+def test_two_processes_match_one_process(tmp_path):
+    folder = make_image_folder(tmp_path / "images", classes=3, per_class=80)
     body = """
 [defaults]
 epochs = 2
-batch_size = 64
+batch_size = 32
 image_size = 8
 precision = "no"
 
@@ -93,7 +94,7 @@ name = "mlp"
 model = "pieceboard_mlp"
 mode = "scratch"
 """
-    bench = write_benchmark(tmp_path / "b.toml", "builtin:digits", body)
+    bench = write_benchmark(tmp_path / "b.toml", folder, body)
     single = run_command([sys.executable, "-m", "pieceboard.bench", str(bench), "--output", "one"], cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
     double = _torchrun(2, "-m", "pieceboard.bench", str(bench), "--output", "two", cwd=tmp_path)
@@ -101,10 +102,10 @@ mode = "scratch"
     one = json.loads((tmp_path / "one" / "runs" / "mlp" / "result.json").read_text())
     two = json.loads((tmp_path / "two" / "runs" / "mlp" / "result.json").read_text())
     assert two["environment"]["processes"] == 2 and one["environment"]["processes"] == 1
-    # A quarter of each class of 5,391 images, in whole groups of a digit and its two copies (grouped split).
-    assert one["n_test"] == two["n_test"] == 1344
+    assert one["n_test"] == two["n_test"] == 60  # a quarter of each class of 80
     assert one["metrics"]["accuracy"] > 0.8
-    assert abs(one["metrics"]["accuracy"] - two["metrics"]["accuracy"]) <= 0.02
+    # Per-process BatchNorm statistics and summation order differ, not the data: the same score within 2 images.
+    assert abs(one["metrics"]["accuracy"] - two["metrics"]["accuracy"]) <= 2 / 60
 
 
 def test_global_batch_must_split_evenly(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import pieceboard
-from conftest import Background, children, run_command, wait_until, write_benchmark
+from conftest import Background, children, wait_until, write_benchmark
 
 BODY = """
 [defaults]
@@ -59,49 +59,51 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_second_writer_of_one_output_folder_is_refused(tmp_path, image_folder):
+def test_a_second_writer_of_one_output_folder_is_refused(tmp_path, image_folder, cli):
     bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY.replace("epochs = 1", "epochs = 100000"))
     first = Background(_bench(bench, tmp_path / "out"), cwd=tmp_path)
     first.wait_for("training 1 cell(s)")
-    second = run_command(_bench(bench, tmp_path / "out", "--set", "data.split_seed=7"), cwd=tmp_path)
+    second = cli("bench", bench, "--output", tmp_path / "out", "--set", "data.split_seed=7", cwd=tmp_path)
     _one_line_exit_2(second, "is in use by pid", str(first.proc.pid))
     first.kill()
     first.finish()
     # The holder is gone (kill -9): its lock is taken over, and the run resumes.
-    again = run_command(_bench(bench, tmp_path / "out", "--set", "defaults.epochs=1"), cwd=tmp_path)
+    again = cli("bench", bench, "--output", tmp_path / "out", "--set", "defaults.epochs=1", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
 
 
-def test_output_that_cannot_be_a_folder_is_one_line_before_any_decoding(tmp_path, image_folder):
+def test_output_that_cannot_be_a_folder_is_one_line_before_any_decoding(tmp_path, image_folder, cli):
     bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
-    _one_line_exit_2(run_command(_bench(bench, tmp_path / "b.toml"), cwd=tmp_path), "it is a file, not a folder")
-    _one_line_exit_2(run_command(_bench(bench, "/proc/pieceboard-out"), cwd=tmp_path), "/proc/pieceboard-out")
+    _one_line_exit_2(cli("bench", bench, "--output", tmp_path / "b.toml", cwd=tmp_path), "it is a file, not a folder")
+    _one_line_exit_2(cli("bench", bench, "--output", "/proc/pieceboard-out", cwd=tmp_path), "/proc/pieceboard-out")
     cache_file = _with_data(write_benchmark(tmp_path / "c.toml", image_folder, BODY), f'cache_dir = "{bench}"')
-    _one_line_exit_2(run_command(_bench(cache_file, tmp_path / "out2"), cwd=tmp_path), "it is a file, not a folder")
+    _one_line_exit_2(
+        cli("bench", cache_file, "--output", tmp_path / "out2", cwd=tmp_path), "it is a file, not a folder"
+    )
     assert not (tmp_path / "out2" / "manifest.csv").exists()
 
 
-def test_full_disks_are_one_line_and_leave_nothing_partial(tmp_path, image_folder, small_disk):
+def test_full_disks_are_one_line_and_leave_nothing_partial(tmp_path, image_folder, small_disk, cli):
     bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY.replace("image_size = 8", "image_size = 160"))
     _with_data(bench, f'cache_dir = "{small_disk}"')
-    proc = run_command(_bench(bench, tmp_path / "out"), cwd=tmp_path)  # the cache needs more than 2 MB
+    proc = cli("bench", bench, "--output", tmp_path / "out", cwd=tmp_path)  # the cache needs more than 2 MB
     _one_line_exit_2(proc, "cannot write the image cache", "[data] cache_dir")
     assert [p for p in small_disk.rglob("*") if p.is_file()] == []  # no partial pixels.npy, no staging folder
     assert not (tmp_path / "out" / "runs").exists()
 
     (small_disk / "fill").write_bytes(b"\0" * (2 * 2**20 - 64 * 1024))  # the output disk is (nearly) full
     bench.write_text(bench.read_text().replace(f'cache_dir = "{small_disk}"', f'cache_dir = "{tmp_path / "c"}"'))
-    proc = run_command(_bench(bench, small_disk / "out"), cwd=tmp_path)
+    proc = cli("bench", bench, "--output", small_disk / "out", cwd=tmp_path)
     _one_line_exit_2(proc, "free on its disk")
     assert not (small_disk / "out" / "runs").exists()  # found before training, not after
 
 
-def test_a_kill_during_the_image_check_leaves_no_decoder_and_no_staging(tmp_path):
+def test_a_kill_during_the_image_check_leaves_no_decoder_and_no_staging(tmp_path, cli):
     # Large noisy JPEGs decode slowly: the image check takes long enough to be interrupted.
     for name in ("a", "b"):
         (tmp_path / "big" / name).mkdir(parents=True)
-        for i in range(150):
-            Image.effect_noise((1200, 1200), 64).save(tmp_path / "big" / name / f"{i}.jpg", quality=95)
+        for i in range(100):
+            Image.effect_noise((1000, 1000), 64).save(tmp_path / "big" / name / f"{i}.jpg", quality=95)
     bench = write_benchmark(tmp_path / "b.toml", tmp_path / "big", BODY)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         proc = Background(_bench(bench, tmp_path / f"out-{sig.name}"), cwd=tmp_path)
@@ -112,27 +114,27 @@ def test_a_kill_during_the_image_check_leaves_no_decoder_and_no_staging(tmp_path
         assert code == (130 if sig == signal.SIGTERM else -signal.SIGKILL), stderr[-2000:]
         wait_until(lambda gone=decoders: not any(Path(f"/proc/{p}").exists() for p in gone), "decoders gone")
     # The next start removes what the killed one left and works.
-    done = run_command(_bench(bench, tmp_path / "out-SIGKILL", "--set", "defaults.image_size=8"), cwd=tmp_path)
+    done = cli("bench", bench, "--output", tmp_path / "out-SIGKILL", "--set", "defaults.image_size=8", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     cache = Path(os.environ["PIECEBOARD_CACHE"]) / "pixels"
     assert not [p for p in cache.iterdir() if p.name.endswith(".staging")]
 
 
-def test_images_edited_after_results_were_kept_are_refused(tmp_path, image_folder):
+def test_images_edited_after_results_were_kept_are_refused(tmp_path, image_folder, cli):
     bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
-    assert run_command(_bench(bench, tmp_path / "out"), cwd=tmp_path).returncode == 0
+    assert cli("bench", bench, "--output", tmp_path / "out", cwd=tmp_path).returncode == 0
     os.utime(image_folder / "class_a" / "img_000.png")  # touched, same content: fine
-    assert run_command(_bench(bench, tmp_path / "out"), cwd=tmp_path).returncode == 0
+    assert cli("bench", bench, "--output", tmp_path / "out", cwd=tmp_path).returncode == 0
     Image.new("RGB", (9, 9), (1, 2, 3)).save(image_folder / "class_a" / "img_000.png")
-    proc = run_command(_bench(bench, tmp_path / "out"), cwd=tmp_path)
+    proc = cli("bench", bench, "--output", tmp_path / "out", cwd=tmp_path)
     _one_line_exit_2(proc, "changed content since the split was made", "class_a/img_000.png")
 
 
-def test_a_file_name_that_is_not_utf8_is_skipped_with_a_warning(tmp_path, image_folder):
+def test_a_file_name_that_is_not_utf8_is_skipped_with_a_warning(tmp_path, image_folder, cli):
     bad = os.fsdecode(b"bad\xff.png")
     Image.new("RGB", (9, 9)).save(os.path.join(image_folder, "class_b", bad))
     bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
-    proc = run_command(_bench(bench, tmp_path / "out"), cwd=tmp_path)
+    proc = cli("bench", bench, "--output", tmp_path / "out", cwd=tmp_path)
     assert proc.returncode == 0 and "not valid UTF-8" in proc.stdout, proc.stderr[-2000:]
     meta = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [s["reason"] for s in meta["skipped"]] == ["the file name is not valid UTF-8"]

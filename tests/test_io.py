@@ -31,10 +31,14 @@ import os, sys
 from pathlib import Path
 from pieceboard._io import lock_folder
 with lock_folder(Path(sys.argv[1]), "holder under test"):
+    ready, told = os.pipe()
     child = os.fork() if sys.argv[2] == "fork" else 1
     if child == 0:
+        os.write(told, b"1")  # os.fork() returned here: the handlers registered to run at a fork have run
         sys.stdin.read()
         os._exit(0)
+    if child != 1:
+        os.read(ready, 1)
     print(os.getpid(), child, flush=True)
     sys.stdin.read()
 """

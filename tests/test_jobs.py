@@ -46,9 +46,9 @@ def _figures(out: Path, run: str) -> tuple[dict, list, list]:
     return result["metrics"], history, predictions
 
 
-def test_one_job_and_two_jobs_give_identical_figures(tmp_path, image_folder):
+def test_one_job_and_two_jobs_give_identical_figures(tmp_path, image_folder, cli):
     bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
-    one = run_command(_bench(str(bench), "--output", "one", "--jobs", "1"), cwd=tmp_path)
+    one = cli("bench", bench, "--output", "one", "--jobs", "1", cwd=tmp_path)  # in this process
     two = run_command(_bench(str(bench), "--output", "two", "--jobs", "2"), cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]

@@ -63,7 +63,7 @@ def _stamps(folder: Path) -> dict[str, int]:
 
 def test_readme_commands_work_as_written_and_keep_earlier_results(tmp_path):
     shutil.copytree(REPO / "benchmarks", tmp_path / "benchmarks")
-    folder = make_augmented_folder(tmp_path / "images", classes=3, pictures=4, singles=6)
+    folder = make_augmented_folder(tmp_path / "images", classes=2, pictures=3, singles=6)
     # Set-up: `make demo`.
     demo = _run(_demo_command(), tmp_path, folder)
     assert "report: results/demo/report.html" in demo.stdout
