@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -64,16 +61,16 @@ def test_measure_case_trains_the_benchmark_model(folder):
     assert 0 <= r.stall_fraction < 1
 
 
-def test_throughput_command_writes_json(folder, tmp_path):
+def test_throughput_command_writes_json(folder, tmp_path, cli):
     out = tmp_path / "tp.json"
-    cmd = [sys.executable, "-m", "pieceboard.cli", "throughput", "--data", str(folder), "--case", "pieceboard_mlp@16",
-           "--batch-size", "8", "--seconds", "0.05", "--precision", "no", "--output", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ | {"COLUMNS": "200"})
+    args = ["throughput", "--data", folder, "--case", "pieceboard_mlp@16", "--batch-size", "8", "--seconds", "0.05",
+            "--precision", "no", "--output", out]  # fmt: skip
+    proc = cli(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["images"] == 24 and len(report["cases"]) == 1
     assert set(report["cases"][0]) >= FIELDS
     assert report["cases"][0]["model"] == "pieceboard_mlp" and report["cases"][0]["image_size"] == 16
     assert "pieceboard_mlp" in proc.stdout and "speedup" in proc.stdout
-    bad = subprocess.run([*cmd[:6], "--case", "nonet@16"], capture_output=True, text=True, timeout=300)
+    bad = cli(*args[:3], "--case", "nonet@16")
     assert bad.returncode == 2 and "nonet" in bad.stderr

@@ -45,7 +45,7 @@ def test_netrc_login_means_online(monkeypatch, tmp_path):
 def test_offline_run_per_cell(tmp_path, image_folder, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     config = {
-        "benchmark": {"name": "wb", "wandb": "offline"},
+        "benchmark": {"name": "wb", "wandb": "offline", "jobs": 1},
         "data": {"path": str(image_folder)},
         "defaults": {"epochs": 1, "batch_size": 8, "image_size": 8, "log_every": 1},
         "runs": [{"name": "mlp", "model": "pieceboard_mlp", "mode": "scratch"}],

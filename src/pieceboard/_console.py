@@ -1,21 +1,17 @@
 """What a person sees: the rich console, the live progress of a benchmark, and user errors as one line.
 
-Shared by `pieceboard.bench` and `pieceboard.cli`; imports nothing else of pieceboard at run time.
+Shared by `pieceboard.bench` and `pieceboard.cli`; imports nothing else of pieceboard.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-if TYPE_CHECKING:
-    from pieceboard.config import Cell
-    from pieceboard.results import RunResult
 
 
 class PieceboardError(Exception):
@@ -106,7 +102,9 @@ class Display:
         self.progress = Progress(*columns, console=console, disable=not enabled, transient=True)
         self.matrix = self.progress.add_task("matrix", total=total)
         self.data = self.progress.add_task("", total=1, visible=False)
-        self.cells: dict[str, tuple[Any, Cell, dict[str, float]]] = {}  # id -> (progress task, cell, last figures)
+        # id -> (progress task, cell, last figures). Cells and results are pieceboard.config.Cell and
+        # pieceboard.results.RunResult, used by their attributes only: this leaf imports no other pieceboard module.
+        self.cells: dict[str, tuple[Any, Any, dict[str, float]]] = {}
 
     def __enter__(self) -> Display:
         self.progress.start()
@@ -124,7 +122,7 @@ class Display:
         """Progress of a data stage (checking images, caching)."""
         self.progress.update(self.data, description=what, completed=done, total=total, visible=done < total)
 
-    def start_run(self, cell: Cell) -> None:
+    def start_run(self, cell: Any) -> None:
         """A cell begins."""
         self.cells[cell.id] = (self.progress.add_task(cell.id, total=None), cell, {})
 
@@ -149,7 +147,7 @@ class Display:
         self.note(text)
         self.progress.advance(self.matrix)
 
-    def end_run(self, result: RunResult, trace: str | None = None) -> None:
+    def end_run(self, result: Any, trace: str | None = None) -> None:
         """A cell finished: one line that survives in logs (and the last frames of a failure, dimmed)."""
         if result.id in self.cells:
             self.progress.remove_task(self.cells.pop(result.id)[0])
