@@ -52,6 +52,27 @@ def test_timed_counts_images_and_waiting_on_a_fake_clock(monkeypatch):
     assert rate == pytest.approx(20 / 20.0)
 
 
+def test_interleaved_rounds_drop_a_stall_on_one_side(monkeypatch):
+    # Steps take 1 s on both sides, except one ceiling step that stalls for 100 s: the median over the rounds keeps
+    # the ratio at 1 where a single measurement of each side would put the ceiling 25 times below the loader.
+    clock, calls = [0.0], [0]
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: clock[0])
+
+    def batches():
+        while True:
+            yield (None, [0, 0])
+
+    def step(batch):
+        calls[0] += 1
+        clock[0] += 101.0 if calls[0] == 4 else 1.0  # the second timed step of the first ceiling round
+        return torch.zeros(())
+
+    timing = throughput._Timing(warmup=2, seconds=6.0, min_steps=3)
+    ceiling, ours, waited, elapsed = throughput._interleaved(batches(), batches(), step, lambda: None, timing)
+    assert ceiling == ours == pytest.approx(2.0)
+    assert waited == 0.0 and elapsed == pytest.approx(6.0)  # three rounds of 2 s for the loader
+
+
 def test_measure_case_trains_the_benchmark_model(folder):
     r = measure_case("pieceboard_mlp", 16, 8, folder, precision="no", seconds=0.05, warmup=1, min_steps=2,
                      workers=(0,))  # fmt: skip

@@ -13,7 +13,8 @@ For each case (model, image size, batch size, precision), in one process and wit
 - `eval_img_s` against `timm_eval_img_s`, a timm benchmark.py-style loop (no_grad forward on a device-resident
   randn batch), and `cache_img_s`, decoding the folder into the cache from cold.
 
-Ratios: `pipeline_efficiency` = train / synthetic, `speedup_vs_baseline` = train / baseline, `eval_parity` =
+The ceiling and pieceboard's loader are timed in alternating rounds (median of each), so drift and stalls on a
+shared machine hit both sides alike. Ratios: `pipeline_efficiency` = train / synthetic, `speedup_vs_baseline` = train / baseline, `eval_parity` =
 eval / timm eval, `stall_fraction` = time waiting for the next batch / training time.
 """
 
@@ -43,6 +44,7 @@ from pieceboard.train import RunData, Setup, environment, optimizer_step, setup,
 
 DEFAULT_CASES = [("pieceboard_mlp", 50), ("resnet18", 64), ("mobilenetv3_large_100", 64)]
 FULL_CASES = [("pieceboard_mlp", 200), ("resnet18", 200), ("mobilenetv3_large_100", 200)]
+ROUNDS = 3  # alternating rounds of the ceiling and of pieceboard's loader (see _interleaved)
 
 
 @dataclass
@@ -210,6 +212,35 @@ def _eval_rates(run: Setup, accelerator, image_size: int, timing: _Timing) -> tu
     return ours, timm
 
 
+def _interleaved(
+    ceiling: Iterator[Any],
+    ours: Iterator[Any],
+    step: Callable[[Any], torch.Tensor],
+    sync: Callable[[], None],
+    timing: _Timing,
+    rounds: int = ROUNDS,
+) -> tuple[float, float, float, float]:
+    """The ceiling and pieceboard's loader timed in alternating rounds; each rate is the median over the rounds.
+
+    On a shared machine the speed drifts, and a stall of a few seconds (another tenant, a page-in) can land on one
+    side of a ratio measured side by side; alternating puts both sides in the same conditions and the median drops
+    a round that caught a stall. `timing` is the budget of each side: it is split over the rounds.
+
+    Returns:
+        (ceiling images per second, ours, seconds waiting for the next batch in ours, seconds timed in ours).
+    """
+    share = _Timing(timing.warmup, timing.seconds / rounds, -(-timing.min_steps // rounds))
+    ceiling_rates, our_rates, waited, elapsed = [], [], 0.0, 0.0
+    for round_ in range(rounds):
+        if round_ == 1:
+            share.warmup = 1  # the kernels are warm after the first round; one step refills the caches
+        ceiling_rates.append(_timed(ceiling, step, sync, *astuple(share))[0])
+        rate, waited_round, elapsed_round = _timed(ours, step, sync, *astuple(share))
+        our_rates.append(rate)
+        waited, elapsed = waited + waited_round, elapsed + elapsed_round
+    return float(np.median(ceiling_rates)), float(np.median(our_rates)), waited, elapsed
+
+
 def _sync(device) -> Callable[[], None]:
     return functools.partial(synchronize, device)
 
@@ -243,8 +274,9 @@ def measure_case(
         return train_step(run.model, run.optimizer, accelerator, batch[0], batch[1], run.mean_std, run.channels_last)
 
     fixed = next(iter(run.test_loader))  # the ceiling: one batch already on the device
-    synthetic, _, _ = _timed(iter(lambda: fixed, None), uint8_step, _sync(accelerator.device), *astuple(timing))
-    ours, waited, elapsed = _timed(_forever(run.train_loader), uint8_step, _sync(accelerator.device), *astuple(timing))
+    synthetic, ours, waited, elapsed = _interleaved(
+        iter(lambda: fixed, None), _forever(run.train_loader), uint8_step, _sync(accelerator.device), timing
+    )
     baseline, best_workers = _baseline(run, accelerator, folder, image_size, timing, workers)
     ours_eval, timm_eval = _eval_rates(run, accelerator, image_size, timing)
     accelerator.free_memory()
