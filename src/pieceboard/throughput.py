@@ -14,8 +14,9 @@ For each case (model, image size, batch size, precision), in one process and wit
   randn batch), and `cache_img_s`, decoding the folder into the cache from cold.
 
 The ceiling and pieceboard's loader are timed in alternating rounds (median of each), so drift and stalls on a
-shared machine hit both sides alike. Ratios: `pipeline_efficiency` = train / synthetic, `speedup_vs_baseline` = train / baseline, `eval_parity` =
-eval / timm eval, `stall_fraction` = time waiting for the next batch / training time.
+shared machine hit both sides alike. Ratios: `pipeline_efficiency` = train / synthetic, `speedup_vs_baseline` =
+train / baseline, `eval_parity` = eval / timm eval, `stall_fraction` = time waiting for the next batch / training
+time.
 """
 
 from __future__ import annotations
