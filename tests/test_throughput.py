@@ -54,7 +54,7 @@ def test_timed_counts_images_and_waiting_on_a_fake_clock(monkeypatch):
 
 def test_interleaved_rounds_drop_a_stall_on_one_side(monkeypatch):
     # Steps take 1 s on both sides, except one ceiling step that stalls for 100 s: the median over the rounds keeps
-    # the ratio at 1 where a single measurement of each side would put the ceiling 25 times below the loader.
+    # the ratio at 1 where a single measurement of each side would put the ceiling over 30 times below the loader.
     clock, calls = [0.0], [0]
     monkeypatch.setattr(throughput.time, "perf_counter", lambda: clock[0])
 
