@@ -97,3 +97,16 @@ def test_worker_slots_follow_jobs_and_threads(monkeypatch):
     assert worker_slots("auto", 4, tasks=20) == ([None] * 2, 4)
     assert worker_slots(1, "auto", tasks=20) == ([None], 1)
     assert worker_slots("auto", "auto", tasks=20, local=(1, 2)) == ([None] * 4, 1)  # two processes share the node
+
+
+def test_threads_option_sets_the_cell_threads_and_gives_the_caller_its_own_back(tmp_path, image_folder, cli):
+    import torch
+
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY.split("[[runs]]\nname = \"resnet18\"")[0])
+    before = torch.get_num_threads()
+    proc = cli("bench", bench, "--output", "out", "--jobs", "1", "--threads", "3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 at a time, 3 CPU thread(s) each" in proc.stdout
+    result = json.loads((tmp_path / "out" / "runs" / "mlp" / "result.json").read_text())
+    assert result["environment"]["threads"] == 3
+    assert torch.get_num_threads() == before

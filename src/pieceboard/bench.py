@@ -401,8 +401,12 @@ def _run_in_workers(
     if world == 1 and len(slots) == 1:
         import torch
 
+        caller_threads = torch.get_num_threads()  # a library caller gets its own setting back
         torch.set_num_threads(per_worker)
-        return _run_here(config, state, manifest, tasks, output, display)
+        try:
+            return _run_here(config, state, manifest, tasks, output, display)
+        finally:
+            torch.set_num_threads(caller_threads)
     tracker = _tracker(config, output)
     spec = WorkerSpec(
         source=str(source) if isinstance(source, Path) else source,
