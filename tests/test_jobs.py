@@ -102,7 +102,7 @@ def test_worker_slots_follow_jobs_and_threads(monkeypatch):
 def test_threads_option_sets_the_cell_threads_and_gives_the_caller_its_own_back(tmp_path, image_folder, cli):
     import torch
 
-    bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY.split("[[runs]]\nname = \"resnet18\"")[0])
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY.split('[[runs]]\nname = "resnet18"')[0])
     before = torch.get_num_threads()
     proc = cli("bench", bench, "--output", "out", "--jobs", "1", "--threads", "3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
