@@ -89,7 +89,7 @@ class BatchLoader:
         if self.resident is not None:
             index = torch.from_numpy(positions).to(self.device, non_blocking=True)
             images, labels = (t.index_select(0, index) for t in self.resident)
-            return images.permute(0, 3, 1, 2), labels, torch.from_numpy(positions)
+            return images.permute(0, 3, 1, 2), labels, index  # positions already on the device
         images = torch.from_numpy(np.ascontiguousarray(self.pixels[positions]))
         labels = torch.from_numpy(self.labels[positions])
         if self.on_cuda:
@@ -113,6 +113,7 @@ class BatchLoader:
                 yield batch
 
 
+RESIDENT_CHUNK = 1024  # images per host-to-device copy when the cache is made resident
 RESIDENT_SHARE = 0.1  # of a GPU's memory that one worker's cached images may take; the models need the rest
 
 
@@ -127,7 +128,12 @@ def resident_copy(pixels: np.ndarray, labels: np.ndarray, device: Any, share: fl
         return None
     if pixels.nbytes > share * torch.cuda.get_device_properties(device).total_memory:
         return None
-    return torch.from_numpy(np.ascontiguousarray(pixels)).to(device), torch.from_numpy(labels).to(device)
+    # Copied a slice at a time: the cache is a read-only memory map, which torch.from_numpy cannot take whole, and
+    # a full host copy first would double the host memory it needs.
+    images = torch.empty(pixels.shape, dtype=torch.uint8, device=device)
+    for start in range(0, len(pixels), RESIDENT_CHUNK):
+        images[start : start + RESIDENT_CHUNK] = torch.from_numpy(np.array(pixels[start : start + RESIDENT_CHUNK]))
+    return images, torch.from_numpy(np.array(labels)).to(device)
 
 
 def to_float(images, mean: list[float], std: list[float], channels_last: bool = True):

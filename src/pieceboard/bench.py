@@ -388,6 +388,7 @@ def _run_in_workers(
     cells = {cell.id: cell for cell in config.cells}
     world = state.num_processes
     cost = {t.cell_id: plans[t.cell_id].cost for t in tasks}
+    todo = [t.cell_id for t in tasks]  # every process's cells; kept ones are already in the caller's results
     if world > 1:
         tasks = _share(tasks, cost, state.process_index, world)
     else:
@@ -431,12 +432,12 @@ def _run_in_workers(
         if world > 1:
             (make_folder(output / RANKS) / str(state.process_index)).write_text("done\n")
     if world > 1 and state.is_main_process:
-        results = _gather_ranks(config, output, world, results)
+        results = _gather_ranks(output, world, todo, results)
     return results
 
 
-def _gather_ranks(config: Config, output: Path, world: int, mine: list[RunResult]) -> list[RunResult]:
-    """With parallel = "cells", wait until every process finished its share, then read their results."""
+def _gather_ranks(output: Path, world: int, todo: list[str], mine: list[RunResult]) -> list[RunResult]:
+    """With parallel = "cells", wait until every process finished its share of `todo`, then read their results."""
     marks = output / RANKS
     while not all((marks / str(rank)).exists() for rank in range(world)):
         check_stop()
@@ -444,7 +445,7 @@ def _gather_ranks(config: Config, output: Path, world: int, mine: list[RunResult
     for rank in range(world):
         (marks / str(rank)).unlink(missing_ok=True)
     ids = {r.id for r in mine}
-    others = [run_dir(output, c.id) / RESULT for c in config.cells if c.id not in ids]
+    others = [run_dir(output, cell_id) / RESULT for cell_id in todo if cell_id not in ids]
     return mine + [read_result(path) for path in others if path.exists()]
 
 

@@ -10,7 +10,6 @@ shard; the shards are gathered, checked for completeness and scored on every pro
 
 from __future__ import annotations
 
-import functools
 import math
 import platform
 import time
@@ -283,14 +282,6 @@ def setup(cell: Cell, data: RunData, accelerator: Accelerator, weights_file: str
     )  # fmt: skip
 
 
-def _step_on(
-    model: torch.nn.Module, run: Setup, accelerator: Accelerator, images: torch.Tensor, labels: torch.Tensor, augment
-) -> torch.Tensor:
-    return train_step(
-        model, run.optimizer, accelerator, images, labels, run.mean_std, run.channels_last, augment, run.generator
-    )
-
-
 @dataclass
 class EpochStats:
     """What one pass over the training split measured."""
@@ -329,10 +320,13 @@ def train_one_epoch(
         wait_s += time.perf_counter() - waited_from
         check_stop()
 
-        one_step = functools.partial(
-            _step_on, run=run, accelerator=accelerator, images=images, labels=labels, augment=s.augment
-        )
-        loss = run.capture.step(one_step, len(labels))
+        loss = run.capture.step(
+            lambda model, images=images, labels=labels: train_step(
+                model, run.optimizer, accelerator, images, labels, run.mean_std, run.channels_last, s.augment,
+                run.generator,
+            ),
+            len(labels),
+        )  # fmt: skip
         update += 1
         if run.scheduler is not None:
             run.scheduler.step_update(update)
@@ -450,8 +444,9 @@ def latency_ms(run: Setup, accelerator: Accelerator, image_size: int) -> float:
     What a deployment of the model would see per request; eager, since batch-1 serving rarely captures graphs.
     """
     model = accelerator.unwrap_model(run.model).eval()
-    x = to_float(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8, device=accelerator.device), *run.mean_std)
-    x = x if run.channels_last else x.contiguous()
+    # An NCHW view of NHWC memory, as the batch loader gives: channels_last unless the run wants NCHW.
+    pixels = torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8, device=accelerator.device)
+    x = to_float(pixels.permute(0, 3, 1, 2), *run.mean_std, run.channels_last)
     timings = []
     with torch.no_grad(), accelerator.autocast():
         for i in range(LATENCY_WARMUP + LATENCY_REPEATS):
