@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from scipy import stats
@@ -85,6 +86,13 @@ def test_a_run_from_another_folder_with_the_same_split(runs, tmp_path_factory, c
     result = json.loads(capsys.readouterr().out)
     assert (result["a"], result["b"]) == ("a (A)", "a (B)")  # same id in both folders: told apart
     assert result["a_only_correct"] == 20
+
+
+def test_a_run_folder_copied_out_of_its_output_folder(runs, tmp_path_factory, capsys):
+    copy = tmp_path_factory.mktemp("copied") / "b"
+    shutil.copytree(runs / "runs" / "b", copy)  # no runs/ above it, no manifest beside it
+    assert main(["compare", str(runs), "a", str(copy), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["a_only_correct"] == 20
 
 
 @pytest.mark.parametrize(

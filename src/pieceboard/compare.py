@@ -60,7 +60,7 @@ def load_run(folder: Path) -> Run:
     if result.status != "completed":
         raise PieceboardError(f"{folder}: the run is {result.status}, not completed ({result.error})")
     try:
-        predictions = check_predictions(folder.parent.parent, result)
+        predictions = check_predictions(folder, result)
     except ValueError as exc:
         raise PieceboardError(str(exc)) from None
     return Run(result.id, result, predictions)

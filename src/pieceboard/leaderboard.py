@@ -214,20 +214,22 @@ class Predictions:
         return score_predictions(self.predicted[keep], self.labels[keep], len(self.class_names), self.class_names)
 
 
-def read_predictions(output: Path, result: RunResult) -> Predictions:
-    """A completed run's predictions.csv, with the run's class names.
+def read_predictions(folder: Path, result: RunResult) -> Predictions:
+    """A completed run's predictions.csv, from its folder (`runs/<id>` of an output folder, or a copy elsewhere),
+    with the run's class names.
 
     Raises:
         ValueError: The file is missing or unreadable, or names a class the run does not have; the message names
             the file.
     """
-    path = run_dir(output, result.id) / PREDICTIONS
+    path = folder / PREDICTIONS
     try:
-        rows = load_predictions(output, result.id)
+        rows = load_predictions(folder)
         paths = [row["path"] for row in rows]
         pairs = [(row["label"], row["prediction"]) for row in rows]
     except (OSError, UnicodeDecodeError, csv.Error, KeyError) as exc:
         raise ValueError(f"{path}: unreadable predictions ({type(exc).__name__}: {exc})") from None
+    output = folder.parent.parent  # for its manifest, when the result has no per-class table
     names = class_names(result, output) or sorted({name for pair in pairs for name in pair if name is not None})
     index = {name: i for i, name in enumerate(names)}
     unknown = sorted({str(name) for pair in pairs for name in pair if name not in index})
@@ -239,19 +241,18 @@ def read_predictions(output: Path, result: RunResult) -> Predictions:
     return Predictions(paths, codes[:, 0], codes[:, 1], names)
 
 
-def check_predictions(output: Path, result: RunResult) -> Predictions:
+def check_predictions(folder: Path, result: RunResult) -> Predictions:
     """A completed run's predictions, after checking that they give the figures stored in its result.json.
 
     Raises:
         ValueError: The file is missing, unreadable, or gives other figures (beyond 1e-9); the message names it.
     """
-    predictions = read_predictions(output, result)
+    predictions = read_predictions(folder, result)
     scores = predictions.score()
     for key in CHECKED:
         stored = result.metrics.get(key)
         if stored is None or not abs(stored - scores[key]) <= TOLERANCE:  # `not <=` also catches NaN
-            path = run_dir(output, result.id) / PREDICTIONS
-            raise ValueError(f"{path}: gives {key} {scores[key]:.6f}, but result.json says {stored}")
+            raise ValueError(f"{folder / PREDICTIONS}: gives {key} {scores[key]:.6f}, but result.json says {stored}")
     return predictions
 
 
@@ -273,7 +274,7 @@ def _check_rows(output: Path, results: list[RunResult], rows: list[dict[str, Any
         if row["status"] != "completed":
             continue
         try:
-            predictions = check_predictions(output, result)
+            predictions = check_predictions(run_dir(output, result.id), result)
         except ValueError as exc:
             row["status"], row["error"] = "corrupt", str(exc)
             continue

@@ -122,9 +122,9 @@ def load_results(output: str | Path) -> list[RunResult]:
     return [read_result(path) for path in sorted((Path(output) / RUNS).glob(f"*/{RESULT}"))]
 
 
-def load_predictions(output: Path, run_id: str) -> list[dict[str, str]]:
-    """The rows of a cell's predictions.csv (index, path, label, prediction)."""
-    with (run_dir(output, run_id) / PREDICTIONS).open(newline="", encoding="utf-8") as f:
+def load_predictions(folder: Path) -> list[dict[str, str]]:
+    """The rows of the predictions.csv in a cell's folder (index, path, label, prediction)."""
+    with (folder / PREDICTIONS).open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
