@@ -58,6 +58,7 @@ def test_one_job_and_two_jobs_give_identical_figures(tmp_path, image_folder, cli
     first = json.loads((tmp_path / "one" / "runs" / "mlp" / "result.json").read_text())
     assert first["environment"]["threads"] == 1 and first["latency_ms"] > 0 and first["peak_mem_mb"] > 0
     assert [p["step"] for p in first["train_log"] if p["epoch"] == 1] == list(range(len(first["train_log"]) // 2))
+    assert {p["steps"] for p in first["train_log"]} == {len(first["train_log"]) // 2}
     assert first["transform"]["normalize"] == "dataset" and first["compile_s"] == 0.0
     assert first["notes"] == ["graphs: eager on a CPU (auto captures on a GPU only)"]
 

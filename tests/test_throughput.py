@@ -95,3 +95,9 @@ def test_throughput_command_writes_json(folder, tmp_path, cli):
     assert "pieceboard_mlp" in proc.stdout and "speedup" in proc.stdout
     bad = cli(*args[:3], "--case", "nonet@16")
     assert bad.returncode == 2 and "nonet" in bad.stderr
+
+
+def test_seconds_per_measurement_default_to_the_device(monkeypatch):
+    assert throughput.default_seconds() == 4.0  # the test machine is a CPU
+    monkeypatch.setattr(throughput, "device_type", lambda: "cuda")
+    assert throughput.default_seconds() == 2.0

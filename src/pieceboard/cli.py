@@ -209,7 +209,6 @@ def _throughput(args: argparse.Namespace) -> int:
     from pieceboard import builtin
     from pieceboard._console import wide_console
     from pieceboard.config import unknown_model
-    from pieceboard.device import device_type
     from pieceboard.throughput import DEFAULT_CASES, FULL_CASES, generate_folder, run_throughput, table
 
     cases = args.case or (DEFAULT_CASES + (FULL_CASES if args.full else []))
@@ -235,9 +234,8 @@ def _throughput(args: argparse.Namespace) -> int:
                 f"(ceiling {result.synthetic_img_s:.0f}, seed pipeline {result.baseline_img_s:.0f})"
             )
 
-        seconds = args.seconds or (2.0 if device_type() == "cuda" else 4.0)
         report = run_throughput(
-            cases, folder, args.batch_size, args.precision, seconds, on_case=show, output=Path(args.output)
+            cases, folder, args.batch_size, args.precision, args.seconds, on_case=show, output=Path(args.output)
         )
     console.print(table(report))
     console.print(f"written to {args.output}")

@@ -25,7 +25,6 @@ from pieceboard.cache import Check, Progress, cache_root, check_images, file_dig
 from pieceboard.config import DataTable, PieceboardError
 from pieceboard.dedup import find_duplicates
 
-CACHE_VERSION = 2
 SPLIT_FOLDERS = {"train", "training", "test", "testing", "valid", "validation", "val", "eval", "dev"}
 ARCHIVES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".7z", ".rar")
 MANIFEST = "manifest.csv"

@@ -64,8 +64,9 @@ def _slug(text: str) -> str:
 def _steps_per_epoch(log: list[dict[str, Any]]) -> float:
     """Training steps per epoch, to place logged losses on an epoch axis.
 
-    `update` counts steps over all epochs and `step` within one, so any entry after the first epoch tells it exactly;
-    within one epoch only the last logged step is known.
+    Stored with each entry (`steps`); for results logged before that, `update` counts steps over all epochs and
+    `step` within one, so any entry after the first epoch tells it exactly; within one epoch only the last logged
+    step is known.
     """
     for entry in log:
         if entry.get("steps"):

@@ -144,9 +144,11 @@ class _Timing:
     min_steps: int
 
 
-def _cold_cache(folder: Path, image_size: int) -> tuple[RunData, float]:
+def _cold_cache(folder: Path, image_size: int, batch_size: int) -> tuple[RunData, float]:
     """Decode the folder into a cache from cold: the run data, and images cached per second."""
     scan = scan_folder(folder)
+    if len(scan.paths) < batch_size:
+        raise PieceboardError(f"{folder}: fewer images than one batch of {batch_size}")
     names = sorted(set(scan.classes))
     labels = np.array([names.index(c) for c in scan.classes], dtype=np.int64)
     files = [folder / p for p in scan.paths]
@@ -258,10 +260,8 @@ def measure_case(
     workers: tuple[int, ...] = (0, 1, 2),
 ) -> CaseResult:
     """Measure one case; see the module docstring for what each figure means."""
-    if len(scan_folder(folder).paths) < batch_size:
-        raise PieceboardError(f"{folder}: fewer images than one batch of {batch_size}")
     timing = _Timing(warmup, seconds, min_steps)
-    data, cache_img_s = _cold_cache(folder, image_size)
+    data, cache_img_s = _cold_cache(folder, image_size, batch_size)
     # The same model, optimizer, loader and step as a benchmark run (train.setup), at a fixed learning rate.
     traits = probe(model_name, image_size)
     precision = resolve_precision(precision, device_type(), traits.depthwise, traits.strided_conv_on_one_pixel)
@@ -301,19 +301,26 @@ def measure_case(
     )
 
 
+def default_seconds() -> float:
+    """Timed seconds per measurement: 2 on a GPU (the default cases then take about a minute), 4 on a CPU."""
+    return 2.0 if device_type() == "cuda" else 4.0
+
+
 def run_throughput(
     cases: list[tuple[str, int]],
     folder: Path,
     batch_size: int = 64,
     precision: str = "auto",
-    seconds: float = 4.0,
+    seconds: float | None = None,
     on_case: Callable[[CaseResult], None] | None = None,
     output: Path | None = None,
 ) -> dict[str, Any]:
     """Measure every case; returns the JSON-ready report (environment and one entry per case).
 
-    With `output`, the report is written after every case, so a run stopped half way keeps what it measured.
+    `seconds` per measurement defaults to `default_seconds()`. With `output`, the report is written after every
+    case, so a run stopped half way keeps what it measured.
     """
+    seconds = seconds or default_seconds()
     report = {
         "folder": str(folder),
         "images": len(scan_folder(folder).paths),

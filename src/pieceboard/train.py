@@ -341,7 +341,7 @@ def train_one_epoch(
             lr = run.optimizer.param_groups[0]["lr"]
             event = {"event": "train", "epoch": epoch, "step": step, "steps": steps, "update": update}
             log(event | {"train/loss": value, "train/lr": lr})
-            points.append({"update": update, "epoch": epoch, "step": step, "loss": value, "lr": lr})
+            points.append({"update": update, "epoch": epoch, "step": step, "steps": steps, "loss": value, "lr": lr})
         waited_from = time.perf_counter()
     synchronize(accelerator.device)
     seconds = time.perf_counter() - started
