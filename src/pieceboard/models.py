@@ -222,17 +222,26 @@ def probe(model_name: str, image_size: int) -> Probe:
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
         for conv in convs:
             conv.register_forward_hook(spot)
-        counter = FlopCounterMode(display=False)
         try:
             features = model.forward_features(torch.zeros(1, 3, image_size, image_size))
-            with counter:
-                model(torch.zeros(1, 3, image_size, image_size))
+            gflops = count_gflops(model, image_size, "meta")
         except (RuntimeError, ValueError, AssertionError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise PieceboardError(f"{model_name} cannot take {image_size} px images: {message}") from None
     depthwise = any(c.groups > 1 and c.groups == c.in_channels for c in convs)
     feature_map = int(features.shape[-1]) if features.ndim == 4 else None
-    return Probe(depthwise, feature_map, bool(single_pixel), counter.get_total_flops() / 1e9)
+    return Probe(depthwise, feature_map, bool(single_pixel), gflops)
+
+
+def count_gflops(model: nn.Module, image_size: int, device: torch.device | str) -> float:
+    """GFLOPs of one image's forward pass (eval mode, no grad; the model's training mode is restored)."""
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, 3, image_size, image_size, device=device))
+    model.train(was_training)
+    return counter.get_total_flops() / 1e9
 
 
 def normalization(

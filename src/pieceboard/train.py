@@ -41,7 +41,7 @@ from pieceboard.device import (
     use_channels_last,
 )
 from pieceboard.metrics import classification_metrics
-from pieceboard.models import build_model, count_parameters, normalization, set_train_mode
+from pieceboard.models import build_model, count_gflops, count_parameters, normalization, set_train_mode
 
 AUGMENT_SEED_STRIDE = 7919  # a prime above any process count: seed * stride + rank never collides across runs
 LATENCY_WARMUP, LATENCY_REPEATS = 5, 30  # batch-1 inference timings: warm-up calls, then the median of these
@@ -110,18 +110,6 @@ def _scheduler(optimizer, cell: Cell, steps_per_epoch: int):
         updates_per_epoch=steps_per_epoch,
     )
     return scheduler
-
-
-def _gflops(model: torch.nn.Module, image_size: int, device) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, 3, image_size, image_size, device=device))
-    model.train(was_training)
-    return counter.get_total_flops() / 1e9
 
 
 def train_step(
@@ -247,7 +235,7 @@ def setup(cell: Cell, data: RunData, accelerator: Accelerator, weights_file: str
     params, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
     channels_last = use_channels_last(model, s.channels_last)
     model = model.to(accelerator.device)
-    gflops = _gflops(model, s.image_size, accelerator.device)
+    gflops = count_gflops(model, s.image_size, accelerator.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = timm.optim.create_optimizer_v2(
