@@ -17,6 +17,7 @@ from pieceboard.data import (
     cross_split,
     grouped_split,
     leaked_test,
+    leaked_test_paths,
     make_manifest,
     scan_folder,
     stratified_split,
@@ -205,6 +206,19 @@ def test_manifest_records_copies_and_what_the_split_leaks(tmp_path, split):
         make_manifest(
             DataTable(path=str(folder), split="random" if split == "grouped" else "grouped"), tmp_path / "out"
         )
+
+
+def test_the_leak_of_a_folder_from_before_the_check_is_found_from_its_images(tmp_path):
+    folder = make_augmented_folder(tmp_path / "aug", classes=3, pictures=6)
+    make_manifest(DataTable(path=str(folder), split="random"), tmp_path / "out")
+    meta_path = tmp_path / "out" / "manifest.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["leaked_test"]  # a random split of this folder leaks
+    old = {k: v for k, v in meta.items() if k not in ("leaked_test", "duplicate_groups", "cross_split_groups")}
+    meta_path.write_text(json.dumps(old))
+    assert leaked_test_paths(tmp_path / "out") == set(meta["leaked_test"])
+    (folder / meta["leaked_test"][0]).unlink()  # the images are gone: nothing to say
+    assert leaked_test_paths(tmp_path / "out") is None
 
 
 def test_a_class_of_one_picture_cannot_be_split_without_leaking(tmp_path):

@@ -509,8 +509,9 @@ def _reuse_manifest(output: Path, meta: dict[str, Any], settings: dict, scan: Sc
 def leaked_test_paths(output: Path) -> set[str] | None:
     """Test images of a result folder that have a copy in its training split (paths as in manifest.csv).
 
-    Read from manifest.json; for folders made before pieceboard looked for copies, found now from the images (the
-    check is cached, so only the first call decodes). None when the folder has no manifest or its images are gone.
+    Read from manifest.json; for folders made before pieceboard looked for copies, found now from the images (files
+    whose size and mtime match the manifest's fingerprints are not re-read, and the check and the groups are cached,
+    so only the first call decodes). None when the folder has no manifest or its images are gone.
     """
     try:
         meta = json.loads((output / MANIFEST_META).read_text(encoding="utf-8"))
@@ -525,7 +526,8 @@ def leaked_test_paths(output: Path) -> set[str] | None:
     files = [root / p for p in paths]
     if not all(f.is_file() for f in files):
         return None
-    digests = [file_digest(f) for f in files]
+    known = meta.get("fingerprints") if isinstance(meta.get("fingerprints"), dict) else None
+    digests = [entry[2] for entry in file_digests(root, paths, known).values()]
     check = check_images(files, digests, cache_root())
     groups = _duplicate_groups(check, list(range(len(files))), digests, None)
     is_test = np.array([r["split"] == "test" for r in rows])
