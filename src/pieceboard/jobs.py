@@ -57,7 +57,6 @@ class WorkerSpec:
     wandb_project: str
     group: str
     threads: int  # CPU threads of the worker's torch (intra-op)
-    visible_device: str | None = None  # CUDA_VISIBLE_DEVICES of the worker; None on a CPU
     sharers: int = 1  # workers on the same device, which share its memory
 
 
@@ -213,7 +212,7 @@ class _Worker:
 
 @dataclass
 class PoolEvent:
-    """Something a worker reported: `event` (training progress), `done` (a result), `stopped`."""
+    """Something a worker reported: `event` (training progress) or `done` (a result)."""
 
     kind: str
     cell_id: str
@@ -230,7 +229,7 @@ class WorkerPool:
     """Worker processes, one per slot (a device and a thread count), fed from one queue of cells.
 
     Args:
-        spec: What every worker shares; `visible_device` is set per slot.
+        spec: What every worker shares; `sharers` is set per slot.
         slots: The CUDA device (or None on a CPU) of each worker.
     """
 
@@ -246,9 +245,9 @@ class WorkerPool:
         threads = str(self.spec.threads)
         env |= {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
         device = self.slots[slot]
-        spec = dataclasses.replace(self.spec, visible_device=device, sharers=self.slots.count(device))
-        if spec.visible_device is not None:
-            env["CUDA_VISIBLE_DEVICES"] = spec.visible_device
+        spec = dataclasses.replace(self.spec, sharers=self.slots.count(device))
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
         process = subprocess.Popen(
             [sys.executable, "-m", "pieceboard.jobs", str(write_fd)],
             stdin=subprocess.PIPE,
@@ -283,8 +282,8 @@ class WorkerPool:
     def run(self, tasks: list[CellTask]) -> Iterator[PoolEvent]:
         """Run every task; yields progress events and one `done` event per cell run, as they happen.
 
-        On a stop (Ctrl-C, SIGTERM) no new cell starts, workers stop their cell at the next step and are reported
-        `stopped`; cells never started are left to the caller. Nothing of a worker outlives the pool.
+        On a stop (Ctrl-C, SIGTERM) no new cell starts and workers stop their cell at the next step; stopped cells and
+        cells never started are left to the caller. Nothing of a worker outlives the pool.
 
         Raises:
             WorkerError: A worker died before it was ready (its stderr says why).
@@ -334,8 +333,7 @@ class WorkerPool:
             yield PoolEvent("done", message["cell_id"], result=result, trace=message.get("trace"))
             self._assign(worker_id, pending)
         elif kind == "stopped":
-            worker.task = None
-            yield PoolEvent("stopped", message["cell_id"])
+            worker.task = None  # its pipe closing next is not a death
 
 
 def _died(task: CellTask, code: int) -> PoolEvent:
