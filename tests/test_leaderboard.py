@@ -57,6 +57,13 @@ def test_seed_summary_gives_mean_and_student_t_interval(tmp_path):
     assert board.seed_table() is not None
 
 
+def test_seeds_kept_from_another_graphs_setting_stay_in_one_group():
+    results = [_result(f"mlp@32px-seed{s}", s, 0.8 + s / 100) for s in range(3)]
+    results[0].config["graphs"] = True  # how the cell ran, not what it trained
+    [entry] = Leaderboard.from_results(results).seeds
+    assert entry["seeds"] == [0, 1, 2]
+
+
 def test_seed_label_is_removed_only_for_the_seed_axis():
     results = [_result(f"mlp@lr0.01-seed{s}", s, 0.5 + s / 10, lr=0.01) for s in (1, 2)]
     results += [_result(f"mlp@lr0.1-seed{s}", s, 0.4, lr=0.1) for s in (1, 2)]

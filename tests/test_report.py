@@ -103,6 +103,9 @@ def test_axis_groups_pair_runs_that_differ_in_one_key():
 
     assert counts("batch_size") == [[("4", 1), ("8", 1)], [("4", 2), ("8", 1)]]  # two seeds at 8 px, batch 4
     assert counts("image_size") == [[("12", 1), ("8", 1)], [("12", 1), ("8", 2)]]
+    apart = [result("mlp", 8, 4), result("mlp", 8, 4, seed=1)]
+    apart[0].config["graphs"], apart[1].config["graphs"] = True, False
+    assert axis_groups(apart) == {}  # graphs changes how a cell runs, not what it trains: never an axis
 
 
 # --- headless Chromium ---------------------------------------------------------------------------------------------

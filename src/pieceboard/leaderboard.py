@@ -36,7 +36,7 @@ from rich.table import Table
 from pieceboard._io import atomic_write_text
 from pieceboard.data import MANIFEST_META, leaked_test_paths
 from pieceboard.metrics import mcnemar_midp, mean_ci, paired_t_pvalue, score_predictions
-from pieceboard.results import PREDICTIONS, RunResult, load_predictions, load_results, run_dir
+from pieceboard.results import PREDICTIONS, RunResult, comparable_config, load_predictions, load_results, run_dir
 
 ALPHA = 0.05  # level of the paired tests against the leader: p >= ALPHA is "tied with the leader"
 ACC_FRACTION = 0.95  # time to accuracy: until test accuracy first reaches this fraction of the run's best
@@ -158,7 +158,7 @@ def time_to_accuracy(history: list[dict[str, Any]], fraction: float = ACC_FRACTI
 
 def _seed_group(result: RunResult) -> str:
     """Runs that differ only by seed share this key: a digest of their stored configuration without the seed."""
-    text = json.dumps({k: v for k, v in result.config.items() if k != "seed"}, sort_keys=True)
+    text = json.dumps({k: v for k, v in comparable_config(result.config).items() if k != "seed"}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -30,7 +30,7 @@ from matplotlib.ticker import MaxNLocator
 
 from pieceboard._io import atomic_write_bytes, atomic_write_text
 from pieceboard.leaderboard import ALPHA, COLUMNS, SEED_COLUMNS, TEXT, Column, Leaderboard, cells, pareto_front
-from pieceboard.results import RunResult
+from pieceboard.results import RunResult, comparable_config
 
 REPORT = "report.html"
 PLOTS = "plots"
@@ -173,14 +173,14 @@ def axis_groups(results: Iterable[RunResult]) -> dict[str, list[dict[str, list[R
     Returns:
         `{key: [{value as JSON: [results]}, ...]}`, keeping only groups that hold at least two values of the key.
     """
-    results = list(results)
-    keys = sorted({k for r in results for k in r.config} - AXIS_IGNORED)
+    configs = [(r, comparable_config(r.config)) for r in results]
+    keys = sorted({k for _, config in configs for k in config} - AXIS_IGNORED)
     axes: dict[str, list[dict[str, list[RunResult]]]] = {}
     for key in keys:
         groups: dict[str, dict[str, list[RunResult]]] = {}
-        for result in results:
-            rest = {k: v for k, v in result.config.items() if k not in (key, "seed", "run")}
-            value = json.dumps(result.config.get(key), sort_keys=True)
+        for result, config in configs:
+            rest = {k: v for k, v in config.items() if k not in (key, "seed", "run")}
+            value = json.dumps(config.get(key), sort_keys=True)
             groups.setdefault(json.dumps(rest, sort_keys=True), {}).setdefault(value, []).append(result)
         panels = [group for group in groups.values() if len(group) >= 2]
         if panels:

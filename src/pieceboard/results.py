@@ -134,11 +134,12 @@ def finished(output: Path, run_id: str, config: dict[str, Any]) -> RunResult | N
     if not path.exists():
         return None
     stored = read_result(path)
-    same = _comparable(stored.config) == _comparable(config)
+    same = comparable_config(stored.config) == comparable_config(config)
     if stored.status == "completed" and same and (path.parent / PREDICTIONS).exists():
         return stored
     return None
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored configuration without the keys that change how a cell runs but not what it trains (`graphs`)."""
     return {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
