@@ -29,9 +29,12 @@ TOP_CONFUSIONS = 5  # most-confused (true, predicted) pairs listed per run
 class Run:
     """A completed run and its checked predictions."""
 
-    name: str
     result: RunResult
     predictions: Predictions
+
+    @property
+    def name(self) -> str:
+        return self.result.id
 
 
 def find_run(output: Path, name: str) -> Path:
@@ -63,7 +66,7 @@ def load_run(folder: Path) -> Run:
         predictions = check_predictions(folder, result)
     except ValueError as exc:
         raise PieceboardError(str(exc)) from None
-    return Run(result.id, result, predictions)
+    return Run(result, predictions)
 
 
 def _aligned(a: Run, b: Run) -> np.ndarray:
@@ -120,8 +123,7 @@ def compare(a: Run, b: Run) -> dict[str, Any]:
     """
     order = _aligned(a, b)
     pa, pb = a.predictions, b.predictions
-    pb = Predictions(pa.paths, pb.labels[order], pb.predicted[order], pb.class_names)
-    score_a, score_b = pa.score(), pb.score()
+    score_a, score_b = pa.scores, pb.scores  # per-class and overall figures do not depend on the images' order
     per_class = []
     for ca, cb in zip(score_a["per_class"], score_b["per_class"], strict=True):
         entry: dict[str, Any] = {"label": ca["label"], "support": ca["support"]}
@@ -129,8 +131,8 @@ def compare(a: Run, b: Run) -> dict[str, Any]:
             entry |= {f"{key}_a": ca[key], f"{key}_b": cb[key]}
         entry["f1_diff"] = ca["f1"] - cb["f1"]
         per_class.append(entry)
-    test = mcnemar_midp(pa.labels == pa.predicted, pb.labels == pb.predicted)
-    names = (a.name, b.name) if a.name != b.name else (str(a.result.id) + " (A)", str(b.result.id) + " (B)")
+    test = mcnemar_midp(pa.labels == pa.predicted, (pb.labels == pb.predicted)[order])
+    names = (a.name, b.name) if a.name != b.name else (f"{a.name} (A)", f"{b.name} (B)")
     return {
         "a": names[0],
         "b": names[1],

@@ -18,6 +18,7 @@ It is derived from the stored files alone and never changes them. Beyond the sto
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -208,9 +209,15 @@ class Predictions:
         """Whether each test image (by path) was classified correctly."""
         return dict(zip(self.paths, (self.labels == self.predicted).tolist(), strict=True))
 
+    @functools.cached_property
+    def scores(self) -> dict[str, Any]:
+        """`metrics.score_predictions` on all images (computed once: the check, clean columns and compare use it)."""
+        return score_predictions(self.predicted, self.labels, len(self.class_names), self.class_names)
+
     def score(self, keep: np.ndarray | None = None) -> dict[str, Any]:
-        """`metrics.score_predictions` on all images, or on those where `keep` is True."""
-        keep = np.ones(len(self.paths), dtype=bool) if keep is None else keep
+        """`scores`, or the same on the images where `keep` is True."""
+        if keep is None or keep.all():
+            return self.scores
         return score_predictions(self.predicted[keep], self.labels[keep], len(self.class_names), self.class_names)
 
 
