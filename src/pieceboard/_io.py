@@ -83,17 +83,17 @@ def storage_errors(path: Path | str | None = None) -> Iterator[None]:
         raise StorageError(message) from None
 
 
-def require_space(folder: Path, needed: int, what: str) -> None:
+def require_space(folder: Path, needed: int, what: str, advice: str = "choose another folder") -> None:
     """Fail now, with one line, when `folder`'s disk has less than `needed` bytes free for `what`.
 
     Raises:
-        StorageError: Naming the folder, what needs the space, and how much is free.
+        StorageError: Naming the folder, what needs the space, how much is free, and `advice`.
     """
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise StorageError(
-            f"{folder}: {what} needs about {needed / 2**20:.1f} MB and {free / 2**20:.1f} MB are free on its disk; "
-            f"free some space or choose another folder"
+            f"cannot write {what} in {folder}: it needs about {needed / 2**20:.1f} MB and {free / 2**20:.1f} MB are "
+            f"free on its disk; free some space or {advice}"
         )
 
 

@@ -17,7 +17,6 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import numpy as np
 from pieceboard import builtin
 from pieceboard._console import PieceboardError, check_stop
 from pieceboard._image import RESIZE_METHOD, ImageError, load_rgb_sized
-from pieceboard._io import StorageError, atomic_write_text, is_complete, staged_folder, storage_errors
+from pieceboard._io import atomic_write_text, is_complete, require_space, staged_folder, storage_errors
 from pieceboard.config import DataTable
 
 CACHE_VERSION = 2
@@ -137,12 +136,9 @@ def _decode_all(
 def _reserve(path: Path, folder: Path, size: int) -> None:
     """Claim the disk blocks of a memory-mapped file now: a full disk found while writing through a memory map is
     a SIGBUS that kills the process, while one found here is an error with a message."""
-    free = shutil.disk_usage(folder).free
-    if free < size + DISK_MARGIN:
-        raise StorageError(
-            f"cannot write the image cache in {folder}: it needs {size / 2**20:.0f} MB and {free / 2**20:.0f} MB "
-            f"are free; free some space or set [data] cache_dir (or $PIECEBOARD_CACHE) to a larger disk"
-        )
+    require_space(
+        folder, size + DISK_MARGIN, "the image cache", "set [data] cache_dir (or $PIECEBOARD_CACHE) to a larger disk"
+    )
     with open(path, "r+b") as f:
         os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
 
