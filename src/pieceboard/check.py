@@ -23,6 +23,7 @@ from pieceboard.config import DataTable, load_config
 from pieceboard.data import (
     Inspection,
     cross_split,
+    group_paths,
     inspect_folder,
     leaked_test,
     resolve_root,
@@ -69,12 +70,12 @@ def check_data(target: str, overrides: list[str] | None = None) -> dict[str, Any
         "ignored_files": found.scan.ignored,
         "image_sizes": _sizes(found),
         "stride_warnings": _stride_warnings(cells),
-        "duplicate_groups": [[paths[i] for i in g] for g in found.groups],
+        "duplicate_groups": group_paths(paths, found.groups),
         "exact_duplicate_groups": _exact_groups(found),
-        "mixed_label_groups": [[paths[i] for i in g] for g in found.groups if len(set(found.labels[g])) > 1],
+        "mixed_label_groups": group_paths(paths, [g for g in found.groups if len(set(found.labels[g])) > 1]),
         "split": {"kind": data.split, "test_fraction": data.test_fraction, "seed": data.split_seed},
         "test_images": int(is_test.sum()),
-        "cross_split_groups": [[paths[i] for i in g] for g in cross_split(is_test, found.groups)],
+        "cross_split_groups": group_paths(paths, cross_split(is_test, found.groups)),
         "leaked_test_images": int(leaked_test(is_test, found.groups).sum()),
         "random_split_leaked_test_images": random_leaks,
     }

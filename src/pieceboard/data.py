@@ -353,10 +353,11 @@ def grouped_split(labels: np.ndarray, groups: list[list[int]], test_fraction: fl
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         target = _test_count(len(members), test_fraction)
-        sizes = dict(zip(*np.unique(unit[members], return_counts=True), strict=True))
+        units, counts = np.unique(unit[members], return_counts=True)
+        sizes = dict(zip(units, counts, strict=True))
         taken = sum(size for u, size in sizes.items() if side.get(u))
         left_out = []
-        for u in rng.permutation(np.unique(unit[members])):
+        for u in rng.permutation(units):
             if u in side:
                 continue
             side[u] = taken + sizes[u] <= target
@@ -405,8 +406,8 @@ def _write_manifest(output: Path, manifest: Manifest, settings: dict, fingerprin
         "class_names": manifest.class_names,
         "skipped": manifest.skipped,
         "ignored": manifest.ignored,
-        "duplicate_groups": [[paths[i] for i in g] for g in groups],
-        "cross_split_groups": [[paths[i] for i in g] for g in cross_split(manifest.is_test, groups)],
+        "duplicate_groups": group_paths(paths, groups),
+        "cross_split_groups": group_paths(paths, cross_split(manifest.is_test, groups)),
         "leaked_test": [paths[i] for i in np.flatnonzero(manifest.leaked())],
         "fingerprints": fingerprints,
     }
@@ -436,6 +437,7 @@ def _read_meta(output: Path) -> dict[str, Any] | None:
             f"{meta_path}: written by another version of pieceboard or damaged; use another --output, or delete "
             f"{meta_path.name} and {MANIFEST} to split again"
         )
+    meta.setdefault("split", "random")  # folders from before the grouped split were split at random
     return meta
 
 
@@ -468,14 +470,13 @@ def _manifest_from_files(output: Path, meta: dict[str, Any], root: Path) -> Mani
         meta["skipped"],
         [fingerprints[p][2] for p in paths],
         meta.get("ignored", 0),
-        meta.get("split", "random"),
+        meta["split"],
         [[position[p] for p in g] for g in groups] if groups is not None else None,
     )
 
 
 def _reuse_manifest(output: Path, meta: dict[str, Any], settings: dict, scan: Scan) -> Manifest:
     csv_path = output / MANIFEST
-    meta = {"split": "random"} | meta  # folders from before the grouped split were split at random
     changed = [k for k in settings if meta.get(k) != settings[k]]
     if changed:
         was = ", ".join(f"{k}={meta.get(k)!r}" for k in changed)
@@ -504,6 +505,11 @@ def _reuse_manifest(output: Path, meta: dict[str, Any], settings: dict, scan: Sc
     if current != known:  # touched but unchanged: remember the new times so the next start need not re-read them
         atomic_write_text(output / MANIFEST_META, json.dumps(meta | {"fingerprints": current}, indent=1))
     return _manifest_from_files(output, meta, scan.root)
+
+
+def group_paths(paths: list[str], groups: list[list[int]]) -> list[list[str]]:
+    """Groups of image positions as groups of their paths."""
+    return [[paths[i] for i in group] for group in groups]
 
 
 def leaked_test_paths(output: Path) -> set[str] | None:
