@@ -313,7 +313,7 @@ def _run_here(
     for task in tasks:
         check_stop()
         cell = cells[task.cell_id]
-        data = run_data(manifest, np.load(task.pixels, mmap_mode="r"), task.mean_std, task.cache_s)
+        data = run_data(manifest, task)
         display.start_run(cell)
         outcome = run_cell(cell, task, data, manifest, tracker, functools.partial(display.event, cell.id), output)
         if state.is_main_process:

@@ -85,12 +85,14 @@ class Outcome:
 # --- one cell, in this process ------------------------------------------------------------------------------------
 
 
-def run_data(manifest: Manifest, pixels: np.ndarray, mean_std: Any, cache_s: float) -> RunData:
-    """The data side of a run: cached pixels, labels and split."""
-    stats = (list(mean_std[0]), list(mean_std[1])) if mean_std is not None else None
+def run_data(manifest: Manifest, task: CellTask, sharers: int = 1) -> RunData:
+    """The data side of a run: its cache (memory-mapped), labels and split; `sharers` processes share its device."""
+    pixels = np.load(task.pixels, mmap_mode="r")
+    mean_std = (list(task.mean_std[0]), list(task.mean_std[1])) if task.mean_std is not None else None
     return RunData(
-        pixels, manifest.labels, manifest.train_indices, manifest.test_indices, manifest.class_names, stats, cache_s
-    )
+        pixels, manifest.labels, manifest.train_indices, manifest.test_indices, manifest.class_names, mean_std,
+        task.cache_s, RESIDENT_SHARE / sharers,
+    )  # fmt: skip
 
 
 def run_cell(
@@ -184,9 +186,7 @@ def worker_main(events_fd: int) -> None:
         send("ready")
         for line in sys.stdin:
             task = CellTask(**json.loads(line))
-            pixels = np.load(task.pixels, mmap_mode="r")
-            data = run_data(manifest, pixels, task.mean_std, task.cache_s)
-            data.device_share = RESIDENT_SHARE / spec.sharers
+            data = run_data(manifest, task, spec.sharers)
             try:
                 check_stop()
                 report = functools.partial(send, "event")
