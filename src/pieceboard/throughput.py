@@ -221,7 +221,6 @@ def _interleaved(
     step: Callable[[Any], torch.Tensor],
     sync: Callable[[], None],
     timing: _Timing,
-    rounds: int = ROUNDS,
 ) -> tuple[float, float, float, float]:
     """The ceiling and pieceboard's loader timed in alternating rounds; each rate is the median over the rounds.
 
@@ -232,9 +231,9 @@ def _interleaved(
     Returns:
         (ceiling images per second, ours, seconds waiting for the next batch in ours, seconds timed in ours).
     """
-    share = _Timing(timing.warmup, timing.seconds / rounds, -(-timing.min_steps // rounds))
+    share = _Timing(timing.warmup, timing.seconds / ROUNDS, -(-timing.min_steps // ROUNDS))
     ceiling_rates, our_rates, waited, elapsed = [], [], 0.0, 0.0
-    for round_ in range(rounds):
+    for round_ in range(ROUNDS):
         if round_ == 1:
             share.warmup = 1  # the kernels are warm after the first round; one step refills the caches
         ceiling_rates.append(_timed(ceiling, step, sync, *astuple(share))[0])
