@@ -128,8 +128,8 @@ def resident_copy(pixels: np.ndarray, labels: np.ndarray, device: Any, share: fl
         return None
     if pixels.nbytes > share * torch.cuda.get_device_properties(device).total_memory:
         return None
-    # Copied a slice at a time: the cache is a read-only memory map, which torch.from_numpy cannot take whole, and
-    # a full host copy first would double the host memory it needs.
+    # Copied a slice at a time: the cache is a read-only memory map, which torch.from_numpy takes only with a
+    # warning (tensors are writable), and one full host copy first would need the whole cache in host memory again.
     images = torch.empty(pixels.shape, dtype=torch.uint8, device=device)
     for start in range(0, len(pixels), RESIDENT_CHUNK):
         images[start : start + RESIDENT_CHUNK] = torch.from_numpy(np.array(pixels[start : start + RESIDENT_CHUNK]))
