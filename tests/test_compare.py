@@ -1,4 +1,5 @@
-"""compare.py and `pieceboard compare`: two runs class by class, with McNemar's mid-p test, on known predictions."""
+"""compare.py and `pieceboard compare`: two runs class by class, with the paired test of macro F1, on known
+predictions."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import json
 import shutil
 
 import pytest
-from scipy import stats
 from sklearn.metrics import precision_recall_fscore_support
 
 from _results import CLASSES, write_run
 from pieceboard import PieceboardError
 from pieceboard.cli import main
 from pieceboard.compare import compare, find_run, load_run
+from pieceboard.leaderboard import Leaderboard
+from pieceboard.metrics import RESAMPLES, paired_f1_test
 from pieceboard.results import RunResult, save_result
 
 LABELS = [CLASSES[i % 3] for i in range(90)]  # 30 cats, 30 dogs, 30 foxes
@@ -40,9 +42,18 @@ def test_known_predictions(runs):
     result = compare(load_run(runs / "runs" / "a"), load_run(runs / "runs" / "b"))
     # Only A right: the 20 dogs B misses. Only B right: foxes 5..11, which A takes for cats and B gets.
     assert (result["a_only_correct"], result["b_only_correct"]) == (20, 7)
-    p = 2 * stats.binom.cdf(7, 27, 0.5) - stats.binom.pmf(7, 27, 0.5)
-    assert result["p_value"] == pytest.approx(p) and p < 0.05
-    assert result["verdict"] == f"a is better than b: 20 vs 7 discordant images, p = {p:.2g}"
+    index = {name: i for i, name in enumerate(CLASSES)}
+    codes = [[index[name] for name in names] for names in (LABELS, A, B)]
+    test = paired_f1_test(*codes, len(CLASSES))  # the leaderboard's verdict, on the same images
+    assert result["discordant"] == test.discordant == 32 and result["resamples"] == RESAMPLES
+    assert result["p_value"] == test.p_value < 0.05 and result["exact"] is False
+    assert (result["f1_macro_a"], result["f1_macro_b"]) == pytest.approx((test.f1_a, test.f1_b))
+    assert (
+        result["verdict"] == f"a is better than b: macro F1 {test.f1_a:.4f} vs {test.f1_b:.4f}, p = {test.p_value:.2g}"
+    )
+    assert result["test"] == "paired permutation test of macro F1 over the test images (9999 random swaps, seed 0)"
+    board = {row["id"]: row for row in Leaderboard.from_dir(runs).rows}
+    assert board["b"]["p_vs_best_raw"] == result["p_value"]  # compare and the leaderboard give one answer
     assert (result["accuracy_a"], result["accuracy_b"]) == pytest.approx((78 / 90, 65 / 90))
     for side, predicted in (("a", A), ("b", B)):
         precision, recall, f1, support = precision_recall_fscore_support(LABELS, predicted, labels=CLASSES)
@@ -67,13 +78,15 @@ def test_identical_runs_are_not_shown_apart(runs):
     write_run(runs, "a2", LABELS, A)
     result = compare(load_run(runs / "runs" / "a"), load_run(runs / "runs" / "a2"))
     assert result["p_value"] == 1.0 and result["a_wins"] == result["b_wins"] == []
-    assert result["verdict"] == "a and a2 are not shown apart: 0 vs 0 discordant images, p = 1 (needs p < 0.05)"
+    f1 = result["f1_macro_a"]
+    assert result["verdict"] == f"a and a2 are not shown apart: macro F1 {f1:.4f} vs {f1:.4f}, p = 1 (needs p < 0.05)"
+    assert result["exact"] and result["discordant"] == 0
 
 
 def test_command_prints_tables_and_json(runs, capsys):
     assert main(["compare", str(runs), "a", "b"]) == 0
     out = capsys.readouterr().out
-    assert "a is better than b: 20 vs 7 discordant images" in out and "fox -> cat: 12" in out
+    assert "a is better than b: macro F1 0.8" in out and "fox -> cat: 12" in out
     assert "A wins on: dog, fox" in out and "B wins on: cat" in out
     assert main(["compare", str(runs), "a", "b", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == compare(load_run(runs / "runs" / "a"), load_run(runs / "runs" / "b"))

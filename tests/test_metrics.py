@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -18,11 +19,12 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from pieceboard.metrics import (
+    RESAMPLES,
     ClassificationMetrics,
-    McNemar,
     classification_metrics,
-    mcnemar_midp,
     mean_ci,
+    most_confused,
+    paired_f1_test,
     paired_t_pvalue,
     score_predictions,
 )
@@ -280,29 +282,94 @@ def test_score_predictions_is_what_the_metric_computes() -> None:
     )
 
 
-def test_mcnemar_identical_runs_give_one() -> None:
-    correct = _RNG.random(100) < 0.7
-    assert mcnemar_midp(correct, correct) == McNemar(0, 0, 1.0)
-    assert mcnemar_midp([True, False] * 5, [False, True] * 5) == McNemar(5, 5, 1.0)  # as many wins as losses
+def _f1(predicted, references, num_classes=NUM_CLASSES) -> float:
+    return score_predictions(predicted, references, num_classes)["f1_macro"]
 
 
-def test_mcnemar_one_run_better_on_many_images() -> None:
-    # 41 images only A got right, 17 only B, 42 both or neither.
-    a = [True] * 41 + [False] * 17 + [True] * 30 + [False] * 12
-    b = [False] * 41 + [True] * 17 + [True] * 30 + [False] * 12
-    test = mcnemar_midp(a, b)
-    exact = stats.binomtest(17, 58, 0.5).pvalue  # the exact conditional test, two-sided
-    assert (test.a_only, test.b_only) == (41, 17)
-    assert test.p_value == pytest.approx(exact - stats.binom.pmf(17, 58, 0.5))  # mid-p: half the observed point
-    assert test.p_value == pytest.approx(0.0015, abs=5e-5) and test.p_value < exact
-    assert mcnemar_midp(b, a).p_value == test.p_value  # symmetric
+def _counted_f1(references, predicted, num_classes) -> float:
+    """Macro F1 from the confusion matrix, 2 TP / (predicted + true) per class: fast enough to call thousands of times."""
+    matrix = np.bincount(references * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, -1)
+    tp, denominator = np.diag(matrix), matrix.sum(axis=0) + matrix.sum(axis=1)
+    return float(np.mean(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)))
 
 
-def test_mcnemar_hand_checked_small_counts() -> None:
-    # 3 vs 0 discordant: P(X <= 0) = 1/8, P(X = 0) = 1/8, mid-p = 2/8 - 1/8 = 1/8.
-    assert mcnemar_midp([True, True, True, True], [False, False, False, True]).p_value == pytest.approx(0.125)
+def _brute_force_p(references, a, b, num_classes) -> float:
+    """Every one of the 2**n swaps of the two predictions of the n images."""
+    observed = abs(_counted_f1(references, a, num_classes) - _counted_f1(references, b, num_classes))
+    hits = []
+    for swap in itertools.product([False, True], repeat=len(references)):
+        swap = np.array(swap)
+        x, y = np.where(swap, b, a), np.where(swap, a, b)
+        hits.append(
+            abs(_counted_f1(references, x, num_classes) - _counted_f1(references, y, num_classes)) >= observed - 1e-12
+        )
+    return float(np.mean(hits))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_paired_f1_test_is_exact_on_few_discordant_images(seed) -> None:
+    rng = np.random.default_rng(seed)
+    references = rng.integers(0, 3, size=10)
+    a = np.where(rng.random(10) < 0.7, references, rng.integers(0, 3, size=10))
+    b = np.where(rng.random(10) < 0.4, references, rng.integers(0, 3, size=10))
+    test = paired_f1_test(references, a, b, 3)
+    assert test.exact and test.resamples == 2**test.discordant == 2 ** int(np.sum(a != b))
+    assert test.p_value == pytest.approx(_brute_force_p(references, a, b, 3))
+    assert (test.f1_a, test.f1_b) == pytest.approx((_f1(a, references, 3), _f1(b, references, 3)))
+
+
+def test_paired_f1_test_tests_macro_f1_not_accuracy() -> None:
+    # 100 images of class 0, 12 of class 1. A calls 12 class-0 images class 1; B never says class 1. Each is right
+    # on 100 images, on different ones (12 against 12 discordant: McNemar's p is 1), but B's macro F1 is far lower.
+    references = np.array([0] * 100 + [1] * 12)
+    a = references.copy()
+    a[:12] = 1
+    b = np.zeros_like(references)
+    assert np.mean(a == references) == np.mean(b == references)
+    test = paired_f1_test(references, a, b, 2)
+    assert test.f1_a > test.f1_b + 0.3 and test.a_only == test.b_only == 12
+    assert test.p_value < 0.01 and not test.exact and test.resamples == RESAMPLES
+
+
+def test_paired_f1_test_is_reproducible_and_symmetric() -> None:
+    references, a = _REFS, _PREDS
+    b = np.where(_RNG.random(200) < 0.5, references, _RNG.integers(0, NUM_CLASSES, size=200))
+    first = paired_f1_test(references, a, b, NUM_CLASSES)
+    assert paired_f1_test(references, a, b, NUM_CLASSES) == first  # seeded: the same p every time
+    assert paired_f1_test(references, b, a, NUM_CLASSES).p_value == first.p_value
+    assert 1 / (RESAMPLES + 1) <= first.p_value < 0.05 and first.discordant == int(np.sum(a != b))
+    identical = paired_f1_test(references, a, a, NUM_CLASSES)
+    assert (identical.p_value, identical.discordant, identical.exact) == (1.0, 0, True)
     with pytest.raises(ValueError, match="differ in shape"):
-        mcnemar_midp([True], [True, False])
+        paired_f1_test(references, a, b[:10], NUM_CLASSES)
+
+
+def test_paired_f1_test_matches_scipy_permutation_test() -> None:
+    rng = np.random.default_rng(7)
+    references = rng.integers(0, 3, size=60)
+    a = np.where(rng.random(60) < 0.8, references, rng.integers(0, 3, size=60))
+    b = np.where(rng.random(60) < 0.6, references, rng.integers(0, 3, size=60))
+
+    assert _counted_f1(references, a, 3) == pytest.approx(_f1(a, references, 3))  # the same F1 as scikit-learn's
+
+    def statistic(x, y):
+        return _counted_f1(references, x, 3) - _counted_f1(references, y, 3)
+
+    scipy_p = stats.permutation_test(
+        (a, b), statistic, permutation_type="samples", n_resamples=4000, random_state=0
+    ).pvalue
+    ours = paired_f1_test(references, a, b, 3, resamples=4000)
+    assert ours.p_value == pytest.approx(scipy_p, abs=0.02)  # two Monte Carlo estimates of one p value
+
+
+def test_most_confused_pairs() -> None:
+    matrix = [[5, 2, 0], [3, 4, 3], [0, 1, 9]]
+    assert most_confused(matrix, ["a", "b", "c"], 3) == [
+        {"label": "b", "predicted": "a", "count": 3},
+        {"label": "b", "predicted": "c", "count": 3},
+        {"label": "a", "predicted": "b", "count": 2},
+    ]
+    assert most_confused([[4, 0], [0, 4]], ["a", "b"], 5) == []
 
 
 def test_paired_t_matches_scipy_and_handles_constant_differences() -> None:

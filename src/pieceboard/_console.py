@@ -88,6 +88,12 @@ def wide_console(stderr: bool = False) -> Console:
     return console if console.is_terminal else Console(stderr=stderr, width=240)
 
 
+def print_whole(console: Console, renderable: Any) -> None:
+    """Print a table at least as wide as it needs: wider than the terminal, its lines wrap there rather than have
+    rich cut its figures short."""
+    console.print(renderable, width=max(console.width, console.measure(renderable).maximum), crop=False)
+
+
 def print_error(exc: BaseException) -> None:
     """One plain line on stderr (no markup: `[defaults]` in a message is text, not a style)."""
     Console(stderr=True).print(f"pieceboard: error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)

@@ -486,8 +486,8 @@ def _action(output: Path, cell: Cell, stored_config: dict[str, Any] | None) -> s
 def _finish(config: Config, results: list[RunResult], output: Path, console: Console) -> None:
     board = Leaderboard.from_results(results, output)
     board.write(output)
-    console.print(board.table(title=f"{config.benchmark.name} — {output}"))
-    if (seeds := board.seed_table()) is not None:
+    console.print(board.table(title=f"{config.benchmark.name} — {output}", width=console.width))
+    if (seeds := board.seed_table(console.width)) is not None:
         console.print(seeds)
     console.print(f"report: {write_report(output, board)}")
 

@@ -54,22 +54,28 @@ def _fraction(text: str) -> float:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
-    from pieceboard.leaderboard import Leaderboard
+    from pieceboard.leaderboard import COLUMNS, SEED_COLUMNS, Leaderboard, pick_columns
 
     output = _output_dir(args.dir)
+    columns = None
+    if args.columns:
+        try:
+            columns = pick_columns(args.columns, SEED_COLUMNS if args.seeds else COLUMNS)
+        except ValueError as exc:
+            raise PieceboardError(f"--columns: {exc}") from None
     board = Leaderboard.from_dir(output, args.acc_fraction)
     if args.seeds and not board.seeds:
         raise PieceboardError(f"{output}: no configuration completed with two or more seeds; nothing for --seeds")
     if args.format == "table":
-        from pieceboard._console import wide_console
+        from pieceboard._console import print_whole, wide_console
 
         console = wide_console()
         if not args.seeds:
-            console.print(board.table(title=str(output)))
-        if (seeds := board.seed_table()) is not None:
-            console.print(seeds)
+            print_whole(console, board.table(title=str(output), width=console.width, columns=columns))
+        if (seeds := board.seed_table(console.width, columns if args.seeds else None)) is not None:
+            print_whole(console, seeds)
     else:
-        text = {"csv": board.to_csv, "md": board.to_markdown, "json": board.to_json}[args.format](args.seeds)
+        text = {"csv": board.to_csv, "md": board.to_markdown, "json": board.to_json}[args.format](args.seeds, columns)
         sys.stdout.write(text)
     return 0
 
@@ -110,7 +116,7 @@ def _compare(args: argparse.Namespace) -> int:
         from pieceboard._console import wide_console
 
         console = wide_console()
-        for part in tables(comparison):
+        for part in tables(comparison, console.width):
             console.print(part)
     return 0
 
@@ -253,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("dir", help="a benchmark's output folder")
     board.add_argument("--format", choices=["table", "csv", "md", "json"], default="table")
     board.add_argument("--seeds", action="store_true", help="render the summary over seeds instead of the runs")
+    board.add_argument(
+        "--columns",
+        metavar="A,B,...",
+        help="only these columns, by field or header (e.g. id,f1_macro,p_vs_best); default: every one, or in a "
+        "terminal as many as fit whole",
+    )
     board.add_argument("--acc-fraction", type=_fraction, default=0.95, help=ACC_FRACTION_HELP)
     board.set_defaults(handler=_leaderboard)
     check = sub.add_parser(

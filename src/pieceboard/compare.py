@@ -18,8 +18,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from pieceboard._console import PieceboardError
-from pieceboard.leaderboard import ALPHA, Predictions, check_predictions, split_digest
-from pieceboard.metrics import mcnemar_midp
+from pieceboard.leaderboard import ALPHA, Column, Predictions, aligned, check_predictions, rich_table, split_digest
+from pieceboard.metrics import RESAMPLES, SEED, PairedF1Test, most_confused, paired_f1_test
 from pieceboard.results import RESULT, RUNS, RunResult, read_result
 
 TOP_CONFUSIONS = 5  # most-confused (true, predicted) pairs listed per run
@@ -70,7 +70,7 @@ def load_run(folder: Path) -> Run:
 
 
 def _aligned(a: Run, b: Run) -> np.ndarray:
-    """Positions in b's predictions of a's test images, after checking that both scored the same images.
+    """B's predicted classes in the order of A's test images, after checking that both scored the same images.
 
     Raises:
         PieceboardError: Another split, other images or labels, or other classes.
@@ -78,41 +78,33 @@ def _aligned(a: Run, b: Run) -> np.ndarray:
     split_a, split_b = split_digest(a.result), split_digest(b.result)
     if split_a and split_b and split_a != split_b:
         raise PieceboardError(f"{a.name} and {b.name} were scored on different splits ({split_a} vs {split_b})")
-    pa, pb = a.predictions, b.predictions
-    if pa.class_names != pb.class_names:
-        raise PieceboardError(f"{a.name} and {b.name} have different classes")
-    where = {path: i for i, path in enumerate(pb.paths)}
-    if sorted(pa.paths) != sorted(where):
-        raise PieceboardError(f"{a.name} and {b.name} were not scored on the same test images")
-    order = np.array([where[path] for path in pa.paths])
-    if not np.array_equal(pa.labels, pb.labels[order]):
-        raise PieceboardError(f"{a.name} and {b.name} give the same test images different labels")
-    return order
+    try:
+        return aligned(a.predictions, b.predictions)
+    except ValueError as exc:
+        raise PieceboardError(f"{a.name} and {b.name}: {exc}") from None
 
 
-def _confusions(matrix: list[list[int]], names: list[str]) -> list[dict[str, Any]]:
-    """The most frequent mistakes: (true class, predicted class, count), largest first."""
-    counts = np.array(matrix)
-    np.fill_diagonal(counts, 0)
-    # Stable sort on the negated counts: equal counts stay in class order.
-    flat = np.argsort(-counts, axis=None, kind="stable")[:TOP_CONFUSIONS]
-    pairs = [np.unravel_index(i, counts.shape) for i in flat]
-    return [{"label": names[t], "predicted": names[p], "count": int(counts[t, p])} for t, p in pairs if counts[t, p]]
+def test_name(test: PairedF1Test) -> str:
+    """How the p value was computed, in words."""
+    if test.exact:
+        return f"exact paired permutation test of macro F1 over the test images (all {test.resamples} swaps)"
+    return f"paired permutation test of macro F1 over the test images ({test.resamples} random swaps, seed {SEED})"
 
 
-def verdict(a: str, b: str, a_only: int, b_only: int, p_value: float) -> str:
-    """The paired test's result in one sentence, e.g. `A is better than B: 41 vs 17 discordant images, p = 0.0015`."""
-    if p_value < ALPHA:
-        (winner, wins), (loser, losses) = sorted([(a, a_only), (b, b_only)], key=lambda x: -x[1])
-        return f"{winner} is better than {loser}: {wins} vs {losses} discordant images, p = {p_value:.2g}"
+def verdict(a: str, b: str, test: PairedF1Test) -> str:
+    """The paired test's result in one sentence, e.g. `A is better than B: macro F1 0.9916 vs 0.9656, p = 0.0001`."""
+    if test.p_value < ALPHA:
+        (winner, high), (loser, low) = sorted([(a, test.f1_a), (b, test.f1_b)], key=lambda x: -x[1])
+        return f"{winner} is better than {loser}: macro F1 {high:.4f} vs {low:.4f}, p = {test.p_value:.2g}"
     return (
-        f"{a} and {b} are not shown apart: {a_only} vs {b_only} discordant images, p = {p_value:.2g} "
+        f"{a} and {b} are not shown apart: macro F1 {test.f1_a:.4f} vs {test.f1_b:.4f}, p = {test.p_value:.2g} "
         f"(needs p < {ALPHA})"
     )
 
 
 def compare(a: Run, b: Run) -> dict[str, Any]:
-    """Per-class scores side by side, the classes each wins, the most-confused pairs, and McNemar's mid-p test.
+    """Per-class scores side by side, the classes each wins, the most-confused pairs, and the paired test of macro F1
+    that the leaderboard's verdict uses (`metrics.paired_f1_test`).
 
     Returns:
         A JSON-ready dict; `per_class` holds `label`, `support`, `precision_a`, `precision_b`, `recall_a`,
@@ -121,7 +113,7 @@ def compare(a: Run, b: Run) -> dict[str, Any]:
     Raises:
         PieceboardError: The runs were not scored on the same test images.
     """
-    order = _aligned(a, b)
+    predicted_b = _aligned(a, b)
     pa, pb = a.predictions, b.predictions
     score_a, score_b = pa.scores, pb.scores  # per-class and overall figures do not depend on the images' order
     per_class = []
@@ -131,7 +123,7 @@ def compare(a: Run, b: Run) -> dict[str, Any]:
             entry |= {f"{key}_a": ca[key], f"{key}_b": cb[key]}
         entry["f1_diff"] = ca["f1"] - cb["f1"]
         per_class.append(entry)
-    test = mcnemar_midp(pa.labels == pa.predicted, (pb.labels == pb.predicted)[order])
+    test = paired_f1_test(pa.labels, pa.predicted, predicted_b, len(pa.class_names), RESAMPLES, SEED)
     names = (a.name, b.name) if a.name != b.name else (f"{a.name} (A)", f"{b.name} (B)")
     return {
         "a": names[0],
@@ -142,29 +134,42 @@ def compare(a: Run, b: Run) -> dict[str, Any]:
         "per_class": per_class,
         "a_wins": [e["label"] for e in per_class if e["f1_diff"] > 0],
         "b_wins": [e["label"] for e in per_class if e["f1_diff"] < 0],
-        "confused_a": _confusions(score_a["confusion_matrix"], pa.class_names),
-        "confused_b": _confusions(score_b["confusion_matrix"], pb.class_names),
+        "confused_a": most_confused(score_a["confusion_matrix"], pa.class_names, TOP_CONFUSIONS),
+        "confused_b": most_confused(score_b["confusion_matrix"], pb.class_names, TOP_CONFUSIONS),
         "a_only_correct": test.a_only,
         "b_only_correct": test.b_only,
-        "test": "McNemar mid-p",
+        "discordant": test.discordant,
+        "test": test_name(test),
+        "resamples": test.resamples,
+        "exact": test.exact,
         "p_value": test.p_value,
         "alpha": ALPHA,
-        "verdict": verdict(*names, test.a_only, test.b_only, test.p_value),
+        "verdict": verdict(*names, test),
     }
 
 
-def tables(comparison: dict[str, Any]) -> list[Table | str]:
-    """What `pieceboard compare` prints: the per-class table, the wins, the confusions and the verdict."""
+PER_CLASS = [
+    Column("label", "class", priority=0),
+    Column("support", "images", priority=2),
+    Column("precision_a", "prec A", "{:.4f}", priority=4),
+    Column("precision_b", "prec B", "{:.4f}", priority=4),
+    Column("recall_a", "recall A", "{:.4f}", priority=3),
+    Column("recall_b", "recall B", "{:.4f}", priority=3),
+    Column("f1_a", "F1 A", "{:.4f}", priority=0),
+    Column("f1_b", "F1 B", "{:.4f}", priority=0),
+    Column("f1_diff", "F1 A-B", "{:+.4f}", priority=1),
+]
+
+
+def tables(comparison: dict[str, Any], width: int | None = None) -> list[Table | str]:
+    """What `pieceboard compare` prints: the per-class table (fitted to a terminal `width` characters wide, None:
+    every column), the wins, the confusions and the verdict."""
     a, b = escape(comparison["a"]), escape(comparison["b"])
-    per_class = Table(title=f"A = {a}, B = {b}, on {comparison['n_test']} test images", header_style="bold")
-    for header in ("class", "images", "prec A", "prec B", "recall A", "recall B", "F1 A", "F1 B", "F1 A-B"):
-        per_class.add_column(header, justify="left" if header == "class" else "right")
-    for e in comparison["per_class"]:
-        figures = [f"{e[k]:.4f}" for k in ("precision_a", "precision_b", "recall_a", "recall_b", "f1_a", "f1_b")]
-        per_class.add_row(escape(e["label"]), str(e["support"]), *figures, f"{e['f1_diff']:+.4f}")
+    title = f"A = {a}, B = {b}, on {comparison['n_test']} test images"
+    per_class = rich_table(title, PER_CLASS, comparison["per_class"], width)
     confused = Table(title="most confused (true -> predicted: images)", header_style="bold")
-    confused.add_column(f"A = {a}")
-    confused.add_column(f"B = {b}")
+    confused.add_column(f"A = {a}", overflow="fold")
+    confused.add_column(f"B = {b}", overflow="fold")
     columns = [comparison["confused_a"], comparison["confused_b"]]
     for i in range(max(map(len, columns))):
         confused.add_row(*(_confusion_text(column[i]) if i < len(column) else "" for column in columns))
@@ -174,7 +179,8 @@ def tables(comparison: dict[str, Any]) -> list[Table | str]:
         f"A wins on: {escape(', '.join(comparison['a_wins']) or 'no class')}",
         f"B wins on: {escape(', '.join(comparison['b_wins']) or 'no class')}",
     ]
-    return [per_class, *lines, confused, f"[bold]{escape(comparison['verdict'])}[/bold]"]
+    verdict_line = f"[bold]{escape(comparison['verdict'])}[/bold] [dim]({escape(comparison['test'])})[/dim]"
+    return [per_class, *lines, confused, verdict_line]
 
 
 def _confusion_text(entry: dict[str, Any]) -> str:

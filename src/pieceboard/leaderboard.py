@@ -31,15 +31,18 @@ from typing import Any
 
 import numpy as np
 from rich import box
+from rich.cells import cell_len
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from pieceboard._io import atomic_write_text
 from pieceboard.data import MANIFEST_META, leaked_test_paths
-from pieceboard.metrics import mcnemar_midp, mean_ci, paired_t_pvalue, score_predictions
+from pieceboard.metrics import RESAMPLES, SEED, mean_ci, paired_f1_test, paired_t_pvalue, score_predictions
 from pieceboard.results import PREDICTIONS, RunResult, comparable_config, load_predictions, load_results, run_dir
 
 ALPHA = 0.05  # level of the paired tests against the leader: p >= ALPHA is "tied with the leader"
+ONE_CLASS_SHARE = 0.95  # a run that gives one class to this share of the test images (or more) is flagged
 ACC_FRACTION = 0.95  # time to accuracy: until test accuracy first reaches this fraction of the run's best
 MIN_SEEDS_FOR_INTERVAL = 3  # with 2 seeds the t quantile is 12.7: the interval spans the whole range
 TOLERANCE = 1e-9  # stored figures against the ones recomputed from predictions.csv
@@ -57,60 +60,70 @@ SEED_MEANS = (
 
 @dataclass(frozen=True)
 class Column:
-    """One displayed column: the row key, its header, and a format string or one of the renderers below."""
+    """One displayed column: the row key, its header, a format string or one of the renderers below, and a priority.
+
+    In a terminal too narrow for every column, the columns of priority 0 are shown first, then the others from the
+    lowest priority number up, as long as they fit whole (see `fit_columns`).
+    """
 
     key: str
     header: str
     spec: str = "{}"
+    priority: int = 5
 
 
 # In display order (terminal table, leaderboard.md, report.html); the keys are the row fields.
 COLUMNS = [
-    Column("rank", "#"),
-    Column("id", "run"),
-    Column("model", "model"),
-    Column("mode", "mode"),
-    Column("image_size", "px"),
-    Column("batch_size", "batch"),
-    Column("epochs", "epochs"),
-    Column("accuracy", "acc", "{:.4f}"),
-    Column("clean_accuracy", "clean acc", "{:.4f}"),
-    Column("f1_macro", "F1", "{:.4f}"),
-    Column("test_loss", "test loss", "{:.4f}"),
-    Column("train_loss", "train loss", "{:.4f}"),
-    Column("p_vs_best", "vs best", "verdict"),
-    Column("time_to_acc_s", "to acc", "time_to_acc"),
-    Column("params", "params", "count"),
-    Column("gflops", "GFLOP/img", "{:.3f}"),
-    Column("latency_ms", "latency ms", "{:.2f}"),
-    Column("peak_mem_mb", "peak MB", "{:.0f}"),
-    Column("train_s", "train s", "{:.1f}"),
-    Column("train_img_s", "train img/s", "{:.0f}"),
-    Column("eval_img_s", "eval img/s", "{:.0f}"),
-    Column("pareto", "pareto", "yesno"),
-    Column("precision", "precision"),
-    Column("guardrail", "guardrail"),
-    Column("status", "status"),
+    Column("rank", "#", priority=0),
+    Column("id", "run", priority=0),
+    Column("model", "model", priority=7),
+    Column("mode", "mode", priority=7),
+    Column("image_size", "px", priority=6),
+    Column("batch_size", "batch", priority=6),
+    Column("epochs", "epochs", priority=7),
+    Column("accuracy", "acc", "{:.4f}", priority=0),
+    Column("clean_accuracy", "clean acc", "{:.4f}", priority=0),
+    Column("f1_macro", "F1", "{:.4f}", priority=0),
+    Column("test_loss", "test loss", "{:.4f}", priority=8),
+    Column("train_loss", "train loss", "{:.4f}", priority=8),
+    Column("p_vs_best", "vs best", "verdict", priority=0),
+    Column("flag", "flag", priority=0),
+    Column("time_to_acc_s", "to acc", "time_to_acc", priority=3),
+    Column("params", "params", "count", priority=4),
+    Column("gflops", "GFLOP/img", "{:.3f}", priority=6),
+    Column("latency_ms", "latency ms", "{:.2f}", priority=1),
+    Column("peak_mem_mb", "peak MB", "{:.0f}", priority=5),
+    Column("train_s", "train s", "{:.1f}", priority=1),
+    Column("train_img_s", "train img/s", "{:.0f}", priority=8),
+    Column("eval_img_s", "eval img/s", "{:.0f}", priority=8),
+    Column("pareto", "pareto", "yesno", priority=4),
+    Column("precision", "precision", priority=8),
+    Column("guardrail", "guardrail", priority=2),
+    Column("status", "status", priority=9),
 ]
 SEED_COLUMNS = [
-    Column("rank", "#"),
-    Column("group", "runs"),
-    Column("seeds", "seeds", "count"),
-    Column("accuracy", "acc", "interval"),
-    Column("f1_macro", "F1", "interval"),
-    Column("test_loss", "test loss", "interval"),
-    Column("clean_accuracy_mean", "clean acc", "{:.4f}"),
-    Column("p_vs_best", "vs best", "verdict"),
-    Column("time_to_acc_s_mean", "s to acc", "{:.1f}"),
-    Column("params", "params", "count"),
-    Column("latency_ms_mean", "latency ms", "{:.2f}"),
-    Column("peak_mem_mb_mean", "peak MB", "{:.0f}"),
-    Column("train_s_mean", "train s", "{:.1f}"),
-    Column("pareto", "pareto", "yesno"),
-    Column("guardrail", "guardrail"),
+    Column("rank", "#", priority=0),
+    Column("group", "runs", priority=0),
+    Column("seeds", "seeds", "count", priority=3),
+    Column("accuracy", "acc", "interval", priority=2),
+    Column("f1_macro", "F1", "interval", priority=0),
+    Column("test_loss", "test loss", "interval", priority=8),
+    Column("clean_accuracy_mean", "clean acc", "{:.4f}", priority=2),
+    Column("p_vs_best", "vs best", "verdict", priority=0),
+    Column("flag", "flag", priority=0),
+    Column("time_to_acc_s_mean", "s to acc", "{:.1f}", priority=5),
+    Column("params", "params", "count", priority=4),
+    Column("latency_ms_mean", "latency ms", "{:.2f}", priority=1),
+    Column("peak_mem_mb_mean", "peak MB", "{:.0f}", priority=5),
+    Column("train_s_mean", "train s", "{:.1f}", priority=1),
+    Column("pareto", "pareto", "yesno", priority=4),
+    Column("guardrail", "guardrail", priority=2),
 ]
 IDENTITY = {"rank", "id", "model", "mode", "image_size", "batch_size", "epochs"}  # shown for rows that did not complete
-TEXT = {"id", "model", "mode", "precision", "guardrail", "status", "group"}  # left-aligned
+TEXT = {"id", "model", "mode", "precision", "guardrail", "status", "group", "flag", "label"}  # left-aligned
+WRAPPED = {"guardrail", "status", "flag"}  # sentences: in a terminal they wrap onto more lines rather than widen
+SENTENCES = WRAPPED - {"status"}  # listed under a table that leaves them out (a status is, only when not completed)
+WRAPPED_WIDTH = 24  # the width a wrapped column is given when the table is fitted to a terminal
 
 
 # --- rows ----------------------------------------------------------------------------------------------------------
@@ -130,10 +143,33 @@ def _row(result: RunResult, acc_fraction: float) -> dict[str, Any]:
     row["processes"] = result.environment.get("processes")
     row["seed_group"] = _seed_group(result)
     row["time_to_acc_s"], row["epochs_to_acc"] = time_to_accuracy(result.history, acc_fraction)
-    for key in ("leaked_test_images", "clean_accuracy", "clean_f1_macro", "p_vs_best", "tied_with_best", "pareto"):
+    for key in ("leaked_test_images", "clean_accuracy", "clean_f1_macro", "p_vs_best_raw", "p_vs_best"):
         row[key] = None  # filled in from the stored files when they allow it
-    row["guardrail"] = None
+    row["tied_with_best"] = row["pareto"] = row["guardrail"] = None
+    row["flag"] = degenerate(result) if result.status == "completed" else None
     return row
+
+
+def degenerate(result: RunResult) -> str | None:
+    """Why a completed run says nothing about its model, or None: it gives one class to (nearly) every test image,
+    or a loss is not a number.
+
+    One class counts when it takes at least `ONE_CLASS_SHARE` of the predictions and at least half of the images
+    its true share leaves (a test split that is 97 % one class is not flagged for predicting it 97 % of the time).
+    """
+    flags = []
+    counts = np.array(result.confusion_matrix, dtype=np.int64)
+    if counts.ndim == 2 and counts.size and counts.sum():
+        predicted, true = counts.sum(axis=0), counts.sum(axis=1)
+        top = int(np.argmax(predicted))
+        share, true_share = predicted[top] / counts.sum(), true[top] / counts.sum()
+        if share >= max(ONE_CLASS_SHARE, (1 + true_share) / 2):
+            flags.append(f"one class ({100 * share:.0f}%)")
+    for key in ("test_loss", "train_loss"):
+        value = result.metrics.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            flags.append(f"{key.replace('_', ' ')} {value}")
+    return "; ".join(flags) or None
 
 
 def time_to_accuracy(history: list[dict[str, Any]], fraction: float = ACC_FRACTION) -> tuple[float | None, int | None]:
@@ -204,11 +240,6 @@ class Predictions:
     predicted: np.ndarray
     class_names: list[str]
 
-    @property
-    def correct(self) -> dict[str, bool]:
-        """Whether each test image (by path) was classified correctly."""
-        return dict(zip(self.paths, (self.labels == self.predicted).tolist(), strict=True))
-
     @functools.cached_property
     def scores(self) -> dict[str, Any]:
         """`metrics.score_predictions` on all images (computed once: the check, clean columns and compare use it)."""
@@ -273,10 +304,27 @@ def clean_columns(predictions: Predictions, leaked: set[str] | None) -> dict[str
     return {"leaked_test_images": n_leaked, "clean_accuracy": clean["accuracy"], "clean_f1_macro": clean["f1_macro"]}
 
 
-def _check_rows(output: Path, results: list[RunResult], rows: list[dict[str, Any]]) -> dict[str, dict[str, bool]]:
-    """Check every completed row against its predictions and add the clean columns; returns correctness by id."""
+def aligned(a: Predictions, b: Predictions) -> np.ndarray:
+    """B's predicted classes in the order of A's test images, after checking that both scored the same images.
+
+    Raises:
+        ValueError: Other classes, other images, or other labels for the same images.
+    """
+    if a.class_names != b.class_names:
+        raise ValueError("different classes")
+    where = {path: i for i, path in enumerate(b.paths)}
+    if len(where) != len(a.paths) or any(path not in where for path in a.paths):
+        raise ValueError("not scored on the same test images")
+    order = np.array([where[path] for path in a.paths])
+    if not np.array_equal(a.labels, b.labels[order]):
+        raise ValueError("the same test images have different labels")
+    return b.predicted[order]
+
+
+def _check_rows(output: Path, results: list[RunResult], rows: list[dict[str, Any]]) -> dict[str, Predictions]:
+    """Check every completed row against its predictions and add the clean columns; returns the predictions by id."""
     leaked = leaked_test_paths(output)
-    correct = {}
+    checked = {}
     for result, row in zip(results, rows, strict=True):
         if row["status"] != "completed":
             continue
@@ -286,26 +334,48 @@ def _check_rows(output: Path, results: list[RunResult], rows: list[dict[str, Any
             row["status"], row["error"] = "corrupt", str(exc)
             continue
         row |= clean_columns(predictions, leaked)
-        correct[row["id"]] = predictions.correct
-    return correct
+        checked[row["id"]] = predictions
+    return checked
 
 
 # --- verdicts, Pareto front, guardrails ----------------------------------------------------------------------------
 
 
-def _add_verdicts(rows: list[dict[str, Any]], correct: dict[str, dict[str, bool]]) -> None:
-    """McNemar mid-p of each completed row against the leader, on the same test images (matched by path)."""
+def _add_verdicts(rows: list[dict[str, Any]], predictions: dict[str, Predictions]) -> None:
+    """Each completed row's paired test of macro F1 against the leader on the same test images, then `step_down`."""
     done = [row for row in rows if row["status"] == "completed"]
-    best = correct.get(done[0]["id"]) if done else None
+    best = predictions.get(done[0]["id"]) if done else None
     if best is None:
         return
-    order = sorted(best)
+    tested = []
     for row in done[1:]:
-        other = correct.get(row["id"])
-        if other is None or other.keys() != best.keys():  # another split: not the same images
+        if row["id"] not in predictions:
             continue
-        test = mcnemar_midp([best[p] for p in order], [other[p] for p in order])
-        row["p_vs_best"], row["tied_with_best"] = test.p_value, test.p_value >= ALPHA
+        try:
+            other = aligned(best, predictions[row["id"]])
+        except ValueError:  # another split: not the same images
+            continue
+        test = paired_f1_test(best.labels, best.predicted, other, len(best.class_names), RESAMPLES, SEED)
+        row["p_vs_best_raw"] = test.p_value
+        tested.append(row)
+    step_down(tested)
+
+
+def step_down(ranked: list[dict[str, Any]]) -> None:
+    """Make the verdicts agree with the order: `p_vs_best` is the largest `p_vs_best_raw` of a row and every row
+    ranked below it, and `tied_with_best` is `p_vs_best >= ALPHA`.
+
+    A row is then called worse than the leader only when every row below it is too: tied rows come first, worse rows
+    after them, never a tied row below a worse one. Each `p_vs_best` is at least the row's own p value, so the level
+    of each comparison holds.
+
+    Args:
+        ranked: The tested rows (each with `p_vs_best_raw`), best first.
+    """
+    largest = 0.0
+    for row in reversed(ranked):
+        largest = max(largest, row["p_vs_best_raw"])
+        row["p_vs_best"], row["tied_with_best"] = largest, largest >= ALPHA
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
@@ -400,20 +470,24 @@ def _seed_entry(members: list[dict[str, Any]], confidence: float) -> dict[str, A
     entry["interval_note"] = f"n={len(members)}: too few seeds for an interval" if few else None
     entry |= {f"{key}_mean": _mean([m[key] for m in members]) for key in SEED_MEANS}
     entry["f1_by_seed"] = {str(m["seed"]): m["f1_macro"] for m in members}
-    entry["guardrail"] = "; ".join(dict.fromkeys(m["guardrail"] for m in members if m["guardrail"])) or None
+    for key in ("guardrail", "flag"):
+        entry[key] = "; ".join(dict.fromkeys(m[key] for m in members if m[key])) or None
     return entry
 
 
 def _add_seed_verdicts(summary: list[dict[str, Any]]) -> None:
-    """Paired t-test of macro F1 against the leading group over the seeds both ran (at least two)."""
+    """Paired t-test of macro F1 against the leading group over the seeds both ran (at least two), then
+    `step_down`."""
     best = summary[0]["f1_by_seed"]
     for entry in summary:
-        entry["p_vs_best"] = entry["tied_with_best"] = None
+        entry["p_vs_best_raw"] = entry["p_vs_best"] = entry["tied_with_best"] = None
+    tested = []
     for entry in summary[1:]:
         seeds = sorted(best.keys() & entry["f1_by_seed"].keys())
         if len(seeds) >= 2:
-            p = paired_t_pvalue([best[s] for s in seeds], [entry["f1_by_seed"][s] for s in seeds])
-            entry["p_vs_best"], entry["tied_with_best"] = p, p >= ALPHA
+            entry["p_vs_best_raw"] = paired_t_pvalue([best[s] for s in seeds], [entry["f1_by_seed"][s] for s in seeds])
+            tested.append(entry)
+    step_down(tested)
 
 
 def seed_summary(rows: list[dict[str, Any]], confidence: float = 0.95) -> list[dict[str, Any]]:
@@ -511,28 +585,115 @@ def cells(row: dict[str, Any], columns: list[Column]) -> list[str]:
     return [_reason(row) if c.key == "status" else cell(row, c) if c.key in IDENTITY else "-" for c in columns]
 
 
-def _rich_table(title: str | None, columns: list[Column], rows: list[dict[str, Any]]) -> Table:
+def _width(text: str) -> int:
+    return max(map(cell_len, text.splitlines() or [""]))
+
+
+def fit_columns(columns: list[Column], rows: list[dict[str, Any]], width: int) -> list[Column]:
+    """The columns shown in a terminal `width` characters wide: by priority, each one only if it fits whole.
+
+    Every figure keeps its full width (rich would otherwise cut it to `0.…`); sentences (`WRAPPED`) count as
+    `WRAPPED_WIDTH` and wrap. A column that has nothing to show (`-` on every row) comes last. At least the rank and
+    the name of each row are kept, even if they do not fit.
+
+    Returns:
+        The chosen columns, in display order.
+    """
+    texts = [cells(row, columns) for row in rows]
+    natural, empty = {}, set()
+    for i, column in enumerate(columns):
+        body = [line[i] for line in texts]
+        natural[column.key] = max(_width(t) for t in [column.header, *body])
+        if column.key in WRAPPED:
+            natural[column.key] = min(natural[column.key], WRAPPED_WIDTH)
+        if all(text == "-" for text in body):
+            empty.add(column.key)
+    chosen: set[str] = set()
+    used = 1  # the table's two edges and the space between columns: one character each
+    for column in sorted(columns, key=lambda c: (c.key in empty, c.priority)):
+        if used + natural[column.key] + 1 <= width or column.key in ("rank", "id", "group", "label"):
+            chosen.add(column.key)
+            used += natural[column.key] + 1
+    return [column for column in columns if column.key in chosen]
+
+
+def rich_table(title: str | None, columns: list[Column], rows: list[dict[str, Any]], width: int | None = None) -> Table:
+    """A rich table of `rows` that fits a terminal `width` characters wide (`fit_columns`); None: every column.
+
+    Its caption names the columns left out and gives each row's sentences of left-out columns (a failed row's
+    error, a guardrail), so that nothing the table says is lost.
+    """
+    shown = columns if width is None else fit_columns(columns, rows, width)
     # No rules or padding between columns, one space: the leaderboard is wide, and every character counts.
     table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, padding=0, pad_edge=False)
-    for column in columns:
+    texts = [cells(row, shown) for row in rows]
+    for i, column in enumerate(shown):
         justify = "left" if column.key in TEXT else "right"
-        if column.key in ("id", "group"):  # the name of a row is never cut short; the other columns wrap
-            width = max([len(column.header), *(len(str(row.get(column.key))) for row in rows)])
-            table.add_column(column.header, justify=justify, no_wrap=True, min_width=width)
-        else:
-            table.add_column(column.header, justify=justify)
-    for row in rows:
-        texts = [escape(text) for text in cells(row, columns)]
+        if column.key in WRAPPED:
+            table.add_column(column.header, justify=justify, overflow="fold")
+        else:  # never cut short: its widest cell is its least width
+            least = max(_width(t) for t in [column.header, *(line[i] for line in texts)])
+            table.add_column(column.header, justify=justify, no_wrap=True, min_width=least)
+    for row, line in zip(rows, texts, strict=True):
+        line = [escape(text) for text in line]
         if row.get("status", "completed") != "completed":
-            texts[-1] = f"[red]{texts[-1]}[/red]"
-        table.add_row(*texts)
+            line = [f"[red]{t}[/red]" if c.key == "status" else t for c, t in zip(shown, line, strict=True)]
+        table.add_row(*line)
+    notes = _left_out(columns, shown, rows)
+    if notes:  # a caption wraps within the table's width
+        table.caption, table.caption_justify = Text("\n".join(notes), style="dim"), "left"
     return table
+
+
+def _left_out(columns: list[Column], shown: list[Column], rows: list[dict[str, Any]]) -> list[str]:
+    keys = {column.key for column in shown}
+    hidden = [column for column in columns if column.key not in keys]
+    if not hidden:
+        return []
+    name = next(column.key for column in columns if column.key in ("id", "group", "label"))
+    notes = []
+    for row in rows:
+        if "status" not in keys and row.get("status", "completed") != "completed":
+            notes.append(f"{row[name]}: {_reason(row)}")
+        notes += [
+            f"{row[name]}: {c.header} {row[c.key]}" for c in hidden if c.key in WRAPPED - {"status"} and row.get(c.key)
+        ]
+    listed = ", ".join(column.key for column in hidden)
+    return [*notes, f"not shown at this width: {listed} (--columns picks columns; --format md shows every one)"]
 
 
 def _markdown(columns: list[Column], rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(c.header for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(text.replace("|", "\\|") for text in cells(row, columns)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def pick_columns(names: str, columns: list[Column]) -> list[Column]:
+    """The columns named in a comma-separated list, by field (`f1_macro`) or header (`F1`), in the list's order.
+
+    Raises:
+        ValueError: A name that is no column's; the message lists the columns.
+    """
+    by_name = {c.key: c for c in columns} | {c.header: c for c in columns}
+    picked = []
+    for name in (n.strip() for n in names.split(",")):
+        if name not in by_name:
+            listed = ", ".join(c.key for c in columns)
+            raise ValueError(f"unknown column {name!r}; columns (field names, or the headers shown): {listed}")
+        picked.append(by_name[name])
+    return picked
+
+
+def _only(rows: list[dict[str, Any]], columns: list[Column] | None) -> list[dict[str, Any]]:
+    """The rows with only the fields of `columns` (with both fields of the verdict and of time to accuracy)."""
+    if not columns:
+        return rows
+    keys = [c.key for c in columns]
+    keys += [extra for c in columns for extra in _SHOWN_WITH.get(c.key, ())]
+    return [{key: row.get(key) for key in dict.fromkeys(keys)} for row in rows]
+
+
+_SHOWN_WITH = {"p_vs_best": ("tied_with_best",), "time_to_acc_s": ("epochs_to_acc",)}
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -577,13 +738,13 @@ class Leaderboard:
         if not 0 < acc_fraction <= 1:
             raise ValueError(f"acc_fraction must be in (0, 1], got {acc_fraction}")
         rows = [_row(r, acc_fraction) for r in results]
-        correct = _check_rows(Path(output), results, rows) if output is not None else {}
+        checked = _check_rows(Path(output), results, rows) if output is not None else {}
         rows = _rank(rows)
         by_id = {r.id: r for r in results}
         notes = guardrails(by_id[row["id"]] for row in rows if row["status"] == "completed")
         for row in rows:
             row["guardrail"] = notes.get(row["id"])
-        _add_verdicts(rows, correct)
+        _add_verdicts(rows, checked)
         _add_pareto(rows, "f1_macro", "latency_ms")
         return cls(rows, seed_summary(rows), by_id)
 
@@ -592,25 +753,28 @@ class Leaderboard:
         """Rank the results stored under a benchmark's output folder (see `from_results`)."""
         return cls.from_results(load_results(Path(output)), output, acc_fraction)
 
-    def table(self, title: str | None = None) -> Table:
-        """A rich table for the terminal."""
-        return _rich_table(title, COLUMNS, self.rows)
+    def table(self, title: str | None = None, width: int | None = None, columns: list[Column] | None = None) -> Table:
+        """A rich table for a terminal `width` characters wide (None: every column), or of the given columns."""
+        return rich_table(title, columns, self.rows) if columns else rich_table(title, COLUMNS, self.rows, width)
 
-    def seed_table(self) -> Table | None:
-        """The seed summary as a rich table, or None when no configuration ran with several seeds."""
-        return _rich_table("over seeds: mean [95% CI]", SEED_COLUMNS, self.seeds) if self.seeds else None
+    def seed_table(self, width: int | None = None, columns: list[Column] | None = None) -> Table | None:
+        """The seed summary as a rich table (as `table`), or None when no configuration ran with several seeds."""
+        if not self.seeds:
+            return None
+        title = "over seeds: mean [95% CI]"
+        return rich_table(title, columns, self.seeds) if columns else rich_table(title, SEED_COLUMNS, self.seeds, width)
 
-    def to_json(self, seeds: bool = False) -> str:
-        """All rows (or the seed summary) with every field, as JSON."""
-        return json.dumps(self.seeds if seeds else self.rows, indent=2) + "\n"
+    def to_json(self, seeds: bool = False, columns: list[Column] | None = None) -> str:
+        """All rows (or the seed summary) with every field, or only the fields of `columns`, as JSON."""
+        return json.dumps(_only(self.seeds if seeds else self.rows, columns), indent=2) + "\n"
 
-    def to_csv(self, seeds: bool = False) -> str:
-        """All rows (or the seed summary) with every field, as CSV."""
-        return _csv(self.seeds if seeds else self.rows)
+    def to_csv(self, seeds: bool = False, columns: list[Column] | None = None) -> str:
+        """All rows (or the seed summary) with every field, or only the fields of `columns`, as CSV."""
+        return _csv(_only(self.seeds if seeds else self.rows, columns))
 
-    def to_markdown(self, seeds: bool = False) -> str:
-        """The displayed columns of the rows (or of the seed summary) as a Markdown table."""
-        return _markdown(SEED_COLUMNS, self.seeds) if seeds else _markdown(COLUMNS, self.rows)
+    def to_markdown(self, seeds: bool = False, columns: list[Column] | None = None) -> str:
+        """The displayed columns (or `columns`) of the rows (or of the seed summary) as a Markdown table."""
+        return _markdown(columns or (SEED_COLUMNS if seeds else COLUMNS), self.seeds if seeds else self.rows)
 
     def write(self, output: str | Path) -> None:
         """Write leaderboard.json, .csv and .md into the output folder, and leaderboard_seeds.* with seeds."""

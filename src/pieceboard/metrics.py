@@ -21,10 +21,11 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 __all__ = [
     "ClassificationMetrics",
-    "McNemar",
+    "PairedF1Test",
     "classification_metrics",
-    "mcnemar_midp",
     "mean_ci",
+    "most_confused",
+    "paired_f1_test",
     "paired_t_pvalue",
     "score_predictions",
 ]
@@ -273,46 +274,133 @@ def mean_ci(
     return mean, float(max(low, bounds[0])), float(min(high, bounds[1]))
 
 
-@dataclass(frozen=True)
-class McNemar:
-    """McNemar's test on two classifiers' per-image correctness over the same test images."""
+RESAMPLES = 9999  # random swaps of the paired F1 test: the smallest p it can give is 1 / (RESAMPLES + 1) = 1e-4
+SEED = 0  # of those swaps: the same predictions always give the same p
+_CHUNK = 1000  # swaps drawn and scored at once: bounds the memory at _CHUNK x (discordant images) numbers
 
+
+@dataclass(frozen=True)
+class PairedF1Test:
+    """A paired permutation test of the macro-F1 difference of two classifiers on the same test images."""
+
+    f1_a: float  # macro F1 of A
+    f1_b: float  # macro F1 of B
     a_only: int  # images A classified correctly and B did not
     b_only: int  # images B classified correctly and A did not
-    p_value: float  # two-sided mid-p value; 1.0 when no image is discordant
+    discordant: int  # images where A and B predict different classes (only those can change the difference)
+    resamples: int  # swaps scored: every one of the 2**discordant when that is at most RESAMPLES, else RESAMPLES
+    exact: bool  # whether every swap was scored (then p_value is exact)
+    p_value: float  # two-sided; 1.0 when A and B predict the same class for every image
 
 
-def mcnemar_midp(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> McNemar:
-    """McNemar's mid-p test: do two classifiers differ in accuracy on the same images?
+def _macro_f1(tp: np.ndarray, predicted: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Macro F1 from per-class counts (last axis), as scikit-learn's `zero_division=0`: 2 TP / (predicted + true)."""
+    denominator = predicted + true
+    return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0).mean(axis=-1)
 
-    Only discordant images (one right, the other wrong) carry information. Under the null hypothesis of equal
-    accuracy each discordant image is a fair coin, so `a_only ~ Binomial(a_only + b_only, 1/2)`. The exact
-    conditional test is conservative (its real type I error is well under the nominal level for small counts); the
-    mid-p version, which counts only half of the probability of the observed count, keeps the level and has more
-    power (Fagerland, Lydersen and Laake, "The McNemar test for binary matched-pairs data: mid-p and asymptotic are
-    better than exact conditional", BMC Medical Research Methodology 13:91, 2013).
+
+def paired_f1_test(
+    references: Any,
+    predictions_a: Any,
+    predictions_b: Any,
+    num_classes: int,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> PairedF1Test:
+    """Do two classifiers differ in macro F1 on the same test images? A paired permutation test over images.
+
+    Under the null hypothesis the two classifiers are exchangeable: for each image, which of its two predictions
+    came from A is a coin flip. The test swaps the two predictions of each image at random, recomputes the macro-F1
+    difference, and counts how often it is at least as large (in absolute value) as the observed one: the
+    approximate randomisation test that Yeh (2000, "More accurate tests for the statistical significance of result
+    differences", COLING) and Dror et al. (2018, "The hitchhiker's guide to testing statistical significance in
+    natural language processing", ACL) recommend for F1, which, unlike accuracy, is not a sum over images. Images
+    where both predict the same class are unchanged by a swap; with at most log2(`resamples`) of the others, every
+    swap is scored and the p value is exact, otherwise `resamples` random swaps give `(1 + hits) / (1 + resamples)`
+    (Phipson and Smyth 2010: never 0).
+
+    Each swap changes only per-class counts (true positives and predictions), so all swaps are one matrix product
+    of the swap signs with the discordant images' count changes. scipy.stats.permutation_test, which recomputes the
+    statistic from whole prediction vectors, gave the same p value 50 times slower (3.5 s against 0.07 s for 2,000
+    images and 18 classes, measured on 2 cores): too slow for a leaderboard of 20 rows.
 
     Args:
-        correct_a: Whether classifier A got each image right.
-        correct_b: The same for B, image for image.
+        references: True class indices, one per image.
+        predictions_a: A's predicted class indices, image for image.
+        predictions_b: B's, image for image.
+        num_classes: Number of classes; every one counts in the macro average, as in `score_predictions`.
+        resamples: Random swaps when the exact test would need more.
+        seed: Seed of the random swaps.
 
     Returns:
-        The discordant counts and the two-sided mid-p value.
+        Both macro F1s, the discordant counts and the two-sided p value.
 
     Raises:
-        ValueError: If the two sequences differ in length.
+        ValueError: As `score_predictions`, for either classifier.
     """
-    a = np.asarray(correct_a, dtype=bool)
-    b = np.asarray(correct_b, dtype=bool)
-    if a.shape != b.shape:
-        raise ValueError(f"correct_a {a.shape} and correct_b {b.shape} differ in shape")
-    a_only, b_only = int(np.sum(a & ~b)), int(np.sum(b & ~a))
-    if a_only == b_only:  # also when nothing is discordant; the formula gives 1 too, up to rounding
-        return McNemar(a_only, b_only, 1.0)
-    n, k = a_only + b_only, min(a_only, b_only)
-    # Two-sided mid-p: 2 P(X <= k) - P(X = k), where X ~ Binomial(n, 1/2).
-    p_value = 2 * stats.binom.cdf(k, n, 0.5) - stats.binom.pmf(k, n, 0.5)
-    return McNemar(a_only, b_only, float(min(1.0, p_value)))
+    y = np.asarray(references, dtype=np.int64)
+    a = np.asarray(predictions_a, dtype=np.int64)
+    b = np.asarray(predictions_b, dtype=np.int64)
+    _validate(a, y, num_classes, None)
+    _validate(b, y, num_classes, None)
+    true = np.bincount(y, minlength=num_classes).astype(np.float64)
+
+    def counts(predicted: np.ndarray) -> np.ndarray:  # per class: true positives, then predictions
+        hits = np.bincount(predicted[predicted == y], minlength=num_classes)
+        return np.concatenate([hits, np.bincount(predicted, minlength=num_classes)]).astype(np.float64)
+
+    base_a, base_b = counts(a), counts(b)
+    f1_a, f1_b = (float(_macro_f1(c[:num_classes], c[num_classes:], true)) for c in (base_a, base_b))
+    a_only, b_only = int(np.sum((a == y) & (b != y))), int(np.sum((b == y) & (a != y)))
+    where = np.flatnonzero(a != b)
+    n = len(where)
+    if n == 0:
+        return PairedF1Test(f1_a, f1_b, a_only, b_only, 0, 1, True, 1.0)
+    # What swapping image i moves from A's counts to B's (and back): B's prediction replaces A's.
+    rows = np.arange(n)
+    change = np.zeros((n, 2 * num_classes))
+    pa, pb, yi = a[where], b[where], y[where]
+    np.add.at(change, (rows, pb), (pb == yi).astype(np.float64))
+    np.add.at(change, (rows, pa), -(pa == yi).astype(np.float64))
+    np.add.at(change, (rows, num_classes + pb), 1.0)
+    np.add.at(change, (rows, num_classes + pa), -1.0)
+
+    def differences(swaps: np.ndarray) -> np.ndarray:  # swaps: (k, n) of 0/1
+        moved = swaps @ change
+        ca, cb = base_a + moved, base_b - moved
+        k = num_classes
+        return _macro_f1(ca[:, :k], ca[:, k:], true) - _macro_f1(cb[:, :k], cb[:, k:], true)
+
+    observed = abs(f1_a - f1_b)
+    tolerance = 1e-12 * max(1.0, observed)  # the same difference summed in another order
+    exact = 2**n <= resamples
+    hits = 0
+    if exact:
+        total = 2**n
+        for start in range(0, total, _CHUNK):
+            codes = np.arange(start, min(start + _CHUNK, total))
+            swaps = ((codes[:, None] >> rows[None, :]) & 1).astype(np.float64)
+            hits += int(np.sum(np.abs(differences(swaps)) >= observed - tolerance))
+        return PairedF1Test(f1_a, f1_b, a_only, b_only, n, total, True, min(1.0, hits / total))
+    rng = np.random.default_rng(seed)
+    for start in range(0, resamples, _CHUNK):
+        swaps = rng.integers(0, 2, size=(min(_CHUNK, resamples - start), n)).astype(np.float64)
+        hits += int(np.sum(np.abs(differences(swaps)) >= observed - tolerance))
+    return PairedF1Test(f1_a, f1_b, a_only, b_only, n, resamples, False, (1 + hits) / (1 + resamples))
+
+
+def most_confused(matrix: Sequence[Sequence[int]], names: list[str], top: int) -> list[dict[str, Any]]:
+    """The most frequent mistakes of a confusion matrix (rows true, columns predicted), largest first.
+
+    Returns:
+        Up to `top` entries `{"label": true class, "predicted": predicted class, "count": images}`, only counts
+        above 0; equal counts in class order.
+    """
+    counts = np.array(matrix, dtype=np.int64)
+    np.fill_diagonal(counts, 0)
+    flat = np.argsort(-counts, axis=None, kind="stable")[:top]  # stable: equal counts stay in class order
+    pairs = [np.unravel_index(i, counts.shape) for i in flat]
+    return [{"label": names[t], "predicted": names[p], "count": int(counts[t, p])} for t, p in pairs if counts[t, p]]
 
 
 def paired_t_pvalue(a: Sequence[float], b: Sequence[float]) -> float:
