@@ -210,3 +210,48 @@ def test_a_batch_larger_than_the_training_split_is_a_warning(tmp_path, image_fol
     proc = cli("bench", bench, "--output", "out", "--set", "matrix.image_size=[8]", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warning: batch_size 64 (mlp) is larger than the 27 training images: one step per epoch" in proc.stdout
+
+
+def test_dry_run_exits_as_the_run_would(tmp_path, image_folder, cli):
+    body = BODY + '\n[[runs]]\nname = "tuned"\nmodel = "pieceboard_mlp"\nmode = "finetune"\n'  # no published weights
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, body)
+    dry = cli("bench", str(bench), "--output", "out", "--dry-run", cwd=tmp_path)
+    run = cli("bench", str(bench), "--output", "out", cwd=tmp_path)
+    assert dry.returncode == run.returncode == 2
+    message = f"pieceboard: error: {bench}: [[runs]] 'tuned': pieceboard_mlp: has no published pretrained weights"
+    assert run.stderr.startswith(message) and dry.stderr.startswith(message)
+    assert dry.stderr.count("\n") == 1 and "stops the run" in dry.stdout  # one line per problem, not per cell
+    missing = write_benchmark(tmp_path / "m.toml", tmp_path / "nope", BODY)
+    dry = cli("bench", str(missing), "--output", "out", "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 2 and f"data.path: {tmp_path / 'nope'} is not a folder" in dry.stderr
+    good = cli("bench", str(write_benchmark(tmp_path / "g.toml", image_folder, BODY)), "--output", "out", "--dry-run")
+    assert good.returncode == 0 and good.stderr == ""
+
+
+def test_dry_run_sees_a_folder_in_use(tmp_path, image_folder, cli):
+    from pieceboard._io import lock_folder
+
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
+    out = tmp_path / "out"
+    with lock_folder(out, "pieceboard bench other.toml"):
+        dry = cli("bench", str(bench), "--output", str(out), "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 2 and f"{out} is in use by pid" in dry.stderr and "other.toml" in dry.stderr
+    assert cli("bench", str(bench), "--output", str(out), "--dry-run", cwd=tmp_path).returncode == 0  # released
+
+
+def test_a_mistake_in_the_file_is_told_before_torch_loads_and_on_one_line(tmp_path, image_folder):
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY.replace("epochs = 2", "epocs = 2"))
+    expected = f"pieceboard: error: {bench}: [defaults]: unknown key 'epocs'; did you mean 'epochs'?\n"
+    for command in (["-m", "pieceboard.cli", "bench"], ["-m", "pieceboard.bench"]):
+        proc = run_command([sys.executable, "-X", "importtime", *command, str(bench)], cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stdout == ""
+        imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
+        assert "pieceboard.config" in imported and not {"torch", "timm", "accelerate"} & imported
+        assert [line for line in proc.stderr.splitlines() if not line.startswith("import time")] == [expected.strip()]
+
+
+def test_a_data_folder_mistake_is_one_line_with_nothing_before_it(tmp_path):
+    bench = write_benchmark(tmp_path / "b.toml", tmp_path / "nope", BODY)
+    proc = run_command([sys.executable, "-m", "pieceboard.cli", "bench", str(bench)], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""  # no empty line from the progress display
+    assert proc.stderr == f"pieceboard: error: data.path: {tmp_path / 'nope'} is not a folder\n"

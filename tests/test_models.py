@@ -340,9 +340,11 @@ def test_resolve_weights_not_cached_explains_what_to_do(name, mode, _offline):
     message = str(info.value)
     assert message.startswith(f"{name}: ")
     assert MODELS[name][3] in message  # the hub id looked for
-    assert "pieceboard prefetch" in message
+    assert "run `pieceboard prefetch FILE.toml` while online" in message
     assert "weights =" in message
     assert "not in the local cache" in message
+    with pytest.raises(WeightsError, match="run `pieceboard prefetch benchmarks/all.toml` while online"):
+        resolve_weights(name, mode, None, "benchmarks/all.toml")
 
 
 @pytest.mark.parametrize("mode", PRETRAINED_MODES)

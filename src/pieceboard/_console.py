@@ -105,7 +105,9 @@ class Display:
     def __init__(self, console: Console, total: int, enabled: bool):
         self.console, self.enabled = console, enabled
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        self.progress = Progress(*columns, console=console, disable=not enabled, transient=True)
+        # Only on a terminal: to a file or a pipe the live view shows nothing, and rich ends it with an empty line.
+        live = enabled and console.is_interactive
+        self.progress = Progress(*columns, console=console, disable=not live, transient=True)
         self.matrix = self.progress.add_task("matrix", total=total)
         self.data = self.progress.add_task("", total=1, visible=False)
         # id -> (progress task, cell, last figures). Cells and results are pieceboard.config.Cell and

@@ -270,6 +270,27 @@ def lock_folder(folder: Path, what: str) -> Iterator[None]:
             os.close(fd)  # releases the lock
 
 
+def in_use(folder: Path) -> str | None:
+    """Why `lock_folder` would fail on `folder` now (the message naming the holder), or None; writes nothing.
+
+    Asks for a shared lock and lets it go at once: it fails only while another process holds the exclusive one.
+    """
+    path = folder / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file yet (or none readable): nobody holds it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _in_use_message(folder, path)
+    except OSError:
+        return None  # no locks on this file system: lock_folder says so when the run starts
+    finally:
+        os.close(fd)
+    return None
+
+
 def _holder(what: str) -> str:
     holder = {
         "pid": os.getpid(),

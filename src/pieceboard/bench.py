@@ -14,10 +14,16 @@ wrong (one message, nothing trained); 130 interrupted (finished runs are kept; a
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `python -m pieceboard.bench`: a mistake in the file is told before torch loads (seconds)
+    from pieceboard.config import check_bench_file
+
+    check_bench_file(sys.argv[1:])
+
 import functools
 import hashlib
 import os
-import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -41,10 +47,10 @@ from pieceboard._console import (
     print_error,
     wide_console,
 )
-from pieceboard._io import lock_folder, make_folder, require_space
+from pieceboard._io import in_use, lock_folder, make_folder, require_space
 from pieceboard.cache import build_cache, cache_root, channel_stats
 from pieceboard.config import Cell, Config, load_config
-from pieceboard.data import MANIFEST, Manifest, cross_split, make_manifest
+from pieceboard.data import MANIFEST, Manifest, cross_split, make_manifest, resolve_root, scan_folder
 from pieceboard.device import device_type, resolve_precision
 from pieceboard.jobs import CellTask, WorkerPool, WorkerSpec, run_cell, run_data
 from pieceboard.leaderboard import Leaderboard
@@ -100,31 +106,33 @@ def _preflight(config: Config, processes: int, strict: bool = True) -> dict[str,
     device = device_type()
     where = config.path or "<config>"
     for cell in config.cells:
-        batch = cell.settings.batch_size
-        if batch < 2 * processes:
-            raise PieceboardError(
-                f"{where}: [[runs]] '{cell.run}': batch_size {batch} gives fewer than 2 images to each of the "
-                f"{processes} processes; BatchNorm cannot train on one image"
-            )
-        if batch % processes:
-            raise PieceboardError(
-                f"{where}: [[runs]] '{cell.run}': batch_size {batch} is the global batch and must divide evenly over "
-                f"the {processes} processes (e.g. {processes * max(1, batch // processes)})"
-            )
         try:
-            weights = resolve_weights(cell.model, cell.mode, cell.weights)
-            traits = probe(cell.model, cell.settings.image_size)
-            precision = resolve_precision(
-                cell.settings.precision, device, traits.depthwise, traits.strided_conv_on_one_pixel
-            )
+            plans[cell.id] = _plan(cell, processes, device, str(config.path) if config.path else None)
         except PieceboardError as exc:
+            message = f"{where}: [[runs]] '{cell.run}': {exc}"
             if strict:
-                raise PieceboardError(f"{where}: [[runs]] '{cell.run}': {exc}") from None
-            plans[cell.id] = Plan(None, "-", 0.0, str(exc))
-            continue
-        # Training costs about 3 forward passes per image; the split is the same for every cell.
-        plans[cell.id] = Plan(weights, precision, 3 * traits.gflops * cell.settings.epochs)
+                raise PieceboardError(message) from None
+            plans[cell.id] = Plan(None, "-", 0.0, message)
     return plans
+
+
+def _plan(cell: Cell, processes: int, device: str, source: str | None) -> Plan:
+    batch = cell.settings.batch_size
+    if batch < 2 * processes:
+        raise PieceboardError(
+            f"batch_size {batch} gives fewer than 2 images to each of the {processes} processes; BatchNorm cannot "
+            "train on one image"
+        )
+    if batch % processes:
+        raise PieceboardError(
+            f"batch_size {batch} is the global batch and must divide evenly over the {processes} processes (e.g. "
+            f"{processes * max(1, batch // processes)})"
+        )
+    weights = resolve_weights(cell.model, cell.mode, cell.weights, source)
+    traits = probe(cell.model, cell.settings.image_size)
+    precision = resolve_precision(cell.settings.precision, device, traits.depthwise, traits.strided_conv_on_one_pixel)
+    # Training costs about 3 forward passes per image; the split is the same for every cell.
+    return Plan(weights, precision, 3 * traits.gflops * cell.settings.epochs)
 
 
 def _stored_config(cell: Cell, config: Config, manifest_digest: str) -> dict[str, Any]:
@@ -449,26 +457,54 @@ def _gather_ranks(output: Path, world: int, todo: list[str], mine: list[RunResul
     return mine + [read_result(path) for path in others if path.exists()]
 
 
-def dry_run(source: str | Path | dict[str, Any], output: str | Path | None = None, overrides=None) -> Table:
-    """What `run` would do, without doing it: every cell with its resolved settings and whether it is kept or run.
+def dry_run(
+    source: str | Path | dict[str, Any], output: str | Path | None = None, overrides: list[str] | None = None
+) -> tuple[Table, list[str]]:
+    """What `run` would do, without training: every cell with its resolved settings and whether it is kept or run,
+    and every problem that would stop `run` before training.
 
-    Nothing is written; a cell is `kept` only if its completed result matches the split already stored in the
-    output folder.
+    The checks are `run`'s: the benchmark file and its model names; each cell's batch, weights, image size and
+    precision; the cache folder; the data folder (scanned, not decoded: a new split's image checks wait for the run)
+    or, when the output folder holds a split, whether it still matches; and whether another benchmark holds the
+    output folder. A cell is `kept` only if its completed result matches the split already stored there.
+
+    Returns:
+        The table, and the problems (one line each; none when the run would start).
+
+    Raises:
+        PieceboardError: The benchmark file is wrong (nothing else can be checked then).
     """
     config = load_config(source, overrides)
     output = Path(output) if output else config.output
-    plans = _preflight(config, 1, strict=False)
+    plans = _preflight(config, int(os.environ.get("WORLD_SIZE", 1)), strict=False)
+    problems = list(dict.fromkeys(plan.problem for plan in plans.values() if plan.problem))
+    problems += _folder_problems(config, output)
     digest = _manifest_digest(output) if (output / MANIFEST).exists() else None
     table = Table(title=f"{config.benchmark.name}: {len(config.cells)} cells -> {output}", header_style="bold")
     for header in ("run", "model", "mode", "px", "batch", "epochs", "lr", "precision", "weights", "action"):
         table.add_column(header, justify="right" if header in ("px", "batch", "epochs", "lr") else "left")
     for cell in config.cells:
         s, plan = cell.settings, plans[cell.id]
-        action = plan.problem or _action(output, cell, _stored_config(cell, config, digest) if digest else None)
+        action = _action(output, cell, _stored_config(cell, config, digest) if digest else None)
+        action = "stops the run (below)" if plan.problem else action
         weights = Path(plan.weights).name if plan.weights else "-"
         row = (cell.id, cell.model, cell.mode, s.image_size, s.batch_size, s.epochs, f"{s.lr:g}", plan.precision)
-        table.add_row(*map(str, row), weights, action)
-    return table
+        table.add_row(*map(escape, map(str, row)), escape(weights), action)
+    return table, problems
+
+
+def _folder_problems(config: Config, output: Path) -> list[str]:
+    """What `run` would stop at in its folders before training (see `dry_run`)."""
+    problems = [holder] if (holder := in_use(output)) else []
+    try:
+        make_folder(cache_root(config.data))
+        if (output / MANIFEST).exists():  # a stored split: the rerun's checks (same settings, same files)
+            make_manifest(config.data, output)
+        else:  # the folder as the run finds it; its images are checked when the run decodes them
+            scan_folder(resolve_root(config.data))
+    except PieceboardError as exc:
+        problems.append(str(exc))
+    return problems
 
 
 def _action(output: Path, cell: Cell, stored_config: dict[str, Any] | None) -> str:
@@ -509,8 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     install_stop_handlers()
     try:
         if args.dry_run:
-            wide_console().print(dry_run(args.file, args.output, args.overrides))
-            return 0
+            table, problems = dry_run(args.file, args.output, args.overrides)
+            wide_console().print(table)
+            for problem in problems:  # each on its own line, as the run would print the first
+                print_error(PieceboardError(problem))
+            return 2 if problems else 0
         results = run(args.file, output=args.output, overrides=args.overrides, jobs=args.jobs, threads=args.threads)
     except PieceboardError as exc:
         if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every process stops; one says why

@@ -318,10 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pieceboard` console script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
-        if {"-h", "--help", "--version"} & set(argv[1:]):  # answered without loading torch
-            from pieceboard._console import bench_parser
+        from pieceboard.config import check_bench_file
 
-            bench_parser().parse_args(argv[1:])
+        check_bench_file(argv[1:])  # --help, --version and a mistake in the file are answered before torch loads
         from pieceboard.bench import main as bench_main
 
         return bench_main(argv[1:])

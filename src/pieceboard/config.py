@@ -15,6 +15,7 @@ import difflib
 import itertools
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -182,12 +183,14 @@ class Config:
         return Path(self.benchmark.output or Path("results") / self.benchmark.name).expanduser()
 
 
-def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Config:
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None, models: bool = True) -> Config:
     """Read, override, validate and expand a benchmark.
 
     Args:
         source: A TOML file, or the same content as a dict.
         overrides: `KEY=VALUE` strings with dotted keys, e.g. `defaults.epochs=3` or `runs.mlp.lr=0.01`.
+        models: Also check that timm knows every model name. False checks everything else without importing timm
+            (and torch), which takes seconds: a mistake in the file is told at once (`check_bench_file`).
 
     Returns:
         The validated config with its matrix expanded into `cells`.
@@ -209,9 +212,27 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
         raise ConfigError("\n".join(_describe_all(exc.errors(), raw, where))) from None
     config = Config(path, parsed.benchmark, parsed.data, parsed.defaults, parsed.runs, parsed.matrix)
     _check_axes(config.matrix, where)
-    _check_runs(config, where)
+    _check_runs(config, where, models)
     config.cells = expand(config, where)
     return config
+
+
+def check_bench_file(argv: list[str]) -> None:
+    """Parse a `pieceboard bench` command line and check its benchmark file, all but the model names, before torch
+    is imported (`pieceboard bench` and `python -m pieceboard.bench` call this first).
+
+    A mistake is one line on stderr (from process 0 only, under a launcher) and exit code 2; `--help` and
+    `--version` are answered here too.
+    """
+    from pieceboard._console import bench_parser, print_error
+
+    args = bench_parser().parse_args(argv)
+    try:
+        load_config(args.file, args.overrides, models=False)
+    except ConfigError as exc:
+        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every process stops; one says why
+            print_error(exc)
+        sys.exit(2)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -382,7 +403,7 @@ def _name_too_long(name: str) -> str | None:
     return f"{size} bytes, too long for a folder name (at most {MAX_NAME_BYTES})"
 
 
-def _check_runs(config: Config, where: str) -> None:
+def _check_runs(config: Config, where: str, models: bool = True) -> None:
     name = config.benchmark.name
     if not SAFE_NAME.fullmatch(name):
         raise ConfigError(
@@ -404,7 +425,7 @@ def _check_runs(config: Config, where: str) -> None:
         if run.name in seen:
             raise ConfigError(f"{table}: key 'name': duplicate run name; every run needs its own")
         seen.add(run.name)
-        if problem := unknown_model(run.model):
+        if models and (problem := unknown_model(run.model)):
             raise ConfigError(f"{table}: key 'model': {problem}")
         if run.weights is not None and run.mode == "scratch":
             raise ConfigError(f"{table}: key 'weights': a scratch run starts from random weights; remove it")

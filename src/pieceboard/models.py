@@ -107,13 +107,14 @@ def _hub_cached_file(model_name: str) -> str | None:
     return None
 
 
-def resolve_weights(model_name: str, mode: str, weights: str | None) -> str | None:
+def resolve_weights(model_name: str, mode: str, weights: str | None, source: str | None = None) -> str | None:
     """Find the pretrained weights a run needs, without touching the network.
 
     Args:
         model_name: A timm name.
         mode: scratch, finetune or linear_probe.
         weights: The run's `weights` file, if it names one.
+        source: The benchmark file, for the `pieceboard prefetch` command the message gives.
 
     Returns:
         A local file to load, or None for a scratch run.
@@ -142,7 +143,8 @@ def resolve_weights(model_name: str, mode: str, weights: str | None) -> str | No
         )
     raise WeightsError(
         f"{model_name}: pretrained weights ({where}) are not in the local cache and cannot be downloaded now; "
-        f'run `pieceboard prefetch FILE.toml` while online, or set weights = "path/to/model.safetensors" in the run'
+        f"run `pieceboard prefetch {source or 'FILE.toml'}` while online, or set "
+        'weights = "path/to/model.safetensors" in the run'
     )
 
 
