@@ -22,7 +22,7 @@ report = {"world": world}
 for n in (1, 7, world * batch + 1):
     test = np.arange(5, 5 + n)
     loader = BatchLoader(pixels, labels, test, batch, shuffle=False, rank=accelerator.process_index, world=world)
-    positions, predictions, losses = evaluate(model, loader, accelerator, ([0.5] * 3, [0.25] * 3), test)
+    positions, predictions, losses, _ = evaluate(model, loader, accelerator, ([0.5] * 3, [0.25] * 3), test)
     report[str(n)] = {"positions": positions.tolist(), "predictions": len(predictions), "losses": len(losses)}
 if accelerator.is_main_process:
     with open(sys.argv[1], "w") as f:

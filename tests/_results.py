@@ -24,6 +24,7 @@ def write_run(
     predicted: list[str],
     config: dict[str, Any] | None = None,
     history: list[dict[str, Any]] | None = None,
+    confidence: list[float] | None = None,
     **fields: Any,
 ) -> RunResult:
     """A completed run whose stored figures are exactly those of its predictions.
@@ -35,6 +36,7 @@ def write_run(
         predicted: Predicted class names.
         config: Overrides of the default configuration.
         history: Per-epoch entries; default two epochs of one training second each, the last at the final accuracy.
+        confidence: The probability of each prediction; None writes predictions.csv as before that column existed.
         **fields: Other `RunResult` fields (latency_ms, transform, ...).
     """
     index = {name: i for i, name in enumerate(CLASSES)}
@@ -69,6 +71,8 @@ def write_run(
     rows = [
         (i, path, y, p) for i, (path, y, p) in enumerate(zip(image_paths(len(labels)), labels, predicted, strict=True))
     ]
+    if confidence is not None:
+        rows = [(*row, c) for row, c in zip(rows, confidence, strict=True)]
     save_result(output, result, rows)
     return result
 

@@ -287,7 +287,7 @@ def _f1(predicted, references, num_classes=NUM_CLASSES) -> float:
 
 
 def _counted_f1(references, predicted, num_classes) -> float:
-    """Macro F1 from the confusion matrix, 2 TP / (predicted + true) per class: fast enough to call thousands of times."""
+    """Macro F1 from the confusion matrix, 2 TP / (predicted + true) per class; fast enough for thousands of calls."""
     matrix = np.bincount(references * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, -1)
     tp, denominator = np.diag(matrix), matrix.sum(axis=0) + matrix.sum(axis=1)
     return float(np.mean(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)))

@@ -56,7 +56,9 @@ def test_evaluate_scores_each_test_image_once_and_checks_it():
     accelerator = make_accelerator("no")
     model = accelerator.prepare(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3)))
     loader = BatchLoader(data.pixels, data.labels, data.test_indices, 3, shuffle=False)
-    positions, predictions, losses = evaluate(model, loader, accelerator, data.mean_std, data.test_indices, False)
+    positions, predictions, losses, confidence = evaluate(
+        model, loader, accelerator, data.mean_std, data.test_indices, False
+    )
     assert positions.tolist() == data.test_indices.tolist()
     assert len(predictions) == len(losses) == 10
     with pytest.raises(RuntimeError, match="evaluation scored 10 images"):

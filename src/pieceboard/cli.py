@@ -100,7 +100,10 @@ def _report(args: argparse.Namespace) -> int:
     from pieceboard.report import write_report
 
     output = _output_dir(args.dir)
-    path = write_report(output, Leaderboard.from_dir(output, args.acc_fraction))
+    try:
+        path = write_report(output, Leaderboard.from_dir(output, args.acc_fraction), args.mistakes)
+    except ValueError as exc:  # a --mistakes run that is not there
+        raise PieceboardError(f"--mistakes {exc}") from None
     print(f"report: {path}")
     return 0
 
@@ -278,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write plots and report.html from stored results")
     report.add_argument("dir", help="a benchmark's output folder")
     report.add_argument("--acc-fraction", type=_fraction, default=0.95, help=ACC_FRACTION_HELP)
+    report.add_argument(
+        "--mistakes",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="also show the test images this run gets wrong (the leader's are always shown); repeatable",
+    )
     report.set_defaults(handler=_report)
     pair = sub.add_parser("compare", help="compare two runs class by class, with a paired test")
     pair.add_argument("dir", help="a benchmark's output folder")

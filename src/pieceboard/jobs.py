@@ -78,7 +78,7 @@ class Outcome:
     """What `run_cell` gives back: the result and, when it completed, the prediction rows."""
 
     result: RunResult
-    predictions: list[tuple[int, str, str, str]] | None = None
+    predictions: list[tuple[int, str, str, str, float]] | None = None
     trace: str | None = None  # the last frames of a failure, for the console
 
 
@@ -139,8 +139,8 @@ def run_cell(
     result = RunResult(id=cell.id, status="completed", config=task.stored_config, cache_s=task.cache_s, **measured)
     names = manifest.class_names
     rows = [
-        (int(i), manifest.paths[i], names[int(data.labels[i])], names[int(p)])
-        for i, p in zip(data.test_indices, outcome.predictions, strict=True)
+        (int(i), manifest.paths[i], names[int(data.labels[i])], names[int(p)], round(float(c), 6))
+        for i, p, c in zip(data.test_indices, outcome.predictions, outcome.confidence, strict=True)
     ]
     return Outcome(result, rows)
 

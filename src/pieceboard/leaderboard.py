@@ -215,7 +215,8 @@ def _rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --- checks against predictions.csv, clean accuracy ----------------------------------------------------------------
 
 
-def _manifest_meta(output: Path) -> dict[str, Any]:
+def manifest_meta(output: Path) -> dict[str, Any]:
+    """An output folder's manifest.json (how the split was made, the leak check); {} when missing or unreadable."""
     try:
         meta = json.loads((output / MANIFEST_META).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -227,7 +228,7 @@ def class_names(result: RunResult, output: Path) -> list[str] | None:
     """The run's classes in index order: from its per-class table, else from manifest.json; None when neither says."""
     if result.per_class:
         return [str(entry.get("label")) for entry in result.per_class]
-    names = _manifest_meta(output).get("class_names")
+    names = manifest_meta(output).get("class_names")
     return [str(n) for n in names] if isinstance(names, list) else None
 
 
@@ -239,6 +240,7 @@ class Predictions:
     labels: np.ndarray
     predicted: np.ndarray
     class_names: list[str]
+    confidence: np.ndarray | None = None  # probability of each prediction; None in folders written before it
 
     @functools.cached_property
     def scores(self) -> dict[str, Any]:
@@ -265,7 +267,10 @@ def read_predictions(folder: Path, result: RunResult) -> Predictions:
         rows = load_predictions(folder)
         paths = [row["path"] for row in rows]
         pairs = [(row["label"], row["prediction"]) for row in rows]
-    except (OSError, UnicodeDecodeError, csv.Error, KeyError) as exc:
+        confidence = (
+            np.array([float(row["confidence"]) for row in rows]) if rows and rows[0].get("confidence") else None
+        )
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, ValueError) as exc:
         raise ValueError(f"{path}: unreadable predictions ({type(exc).__name__}: {exc})") from None
     output = folder.parent.parent  # for its manifest, when the result has no per-class table
     names = class_names(result, output) or sorted({name for pair in pairs for name in pair if name is not None})
@@ -276,7 +281,7 @@ def read_predictions(folder: Path, result: RunResult) -> Predictions:
     if not pairs:
         raise ValueError(f"{path}: no predictions")
     codes = np.array([(index[label], index[prediction]) for label, prediction in pairs], dtype=np.int64)
-    return Predictions(paths, codes[:, 0], codes[:, 1], names)
+    return Predictions(paths, codes[:, 0], codes[:, 1], names, confidence)
 
 
 def check_predictions(folder: Path, result: RunResult) -> Predictions:
@@ -714,11 +719,13 @@ class Leaderboard:
         rows: One dict per result, best first (see docs/results.md for the fields).
         seeds: The summary over seeds (`seed_summary`), empty without a seed axis.
         results: The results the rows come from, by id.
+        predictions: The checked predictions of the completed rows, by id (none without an output folder).
     """
 
     rows: list[dict[str, Any]]
     seeds: list[dict[str, Any]] = field(default_factory=list)
     results: dict[str, RunResult] = field(default_factory=dict, repr=False)
+    predictions: dict[str, Predictions] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_results(
@@ -746,7 +753,7 @@ class Leaderboard:
             row["guardrail"] = notes.get(row["id"])
         _add_verdicts(rows, checked)
         _add_pareto(rows, "f1_macro", "latency_ms")
-        return cls(rows, seed_summary(rows), by_id)
+        return cls(rows, seed_summary(rows), by_id, checked)
 
     @classmethod
     def from_dir(cls, output: str | Path, acc_fraction: float = ACC_FRACTION) -> Leaderboard:

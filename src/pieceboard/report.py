@@ -26,10 +26,25 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from PIL import Image
 
+from pieceboard._image import to_rgb
 from pieceboard._io import atomic_write_bytes, atomic_write_text
-from pieceboard.leaderboard import ALPHA, COLUMNS, SEED_COLUMNS, TEXT, Column, Leaderboard, cells, pareto_front
+from pieceboard.leaderboard import (
+    ALPHA,
+    COLUMNS,
+    SEED_COLUMNS,
+    TEXT,
+    Column,
+    Leaderboard,
+    Predictions,
+    cells,
+    manifest_meta,
+    pareto_front,
+)
+from pieceboard.metrics import RESAMPLES, SEED, most_confused
 from pieceboard.results import RunResult, comparable_config
 
 REPORT = "report.html"
@@ -37,6 +52,12 @@ PLOTS = "plots"
 DPI = 90
 MAX_PANELS = 12  # panels per axis figure: beyond that a figure is too tall to read
 AXIS_IGNORED = {"run", "seed", "data"}  # config keys that are never a plotted axis (seeds are in their own plot)
+MISTAKES = 24  # test images shown per run in the gallery of mistakes, most confident first
+THUMBNAIL = 96  # pixels: the longest side of a gallery picture
+CONFUSED = 5  # most confused class pairs listed per run
+# The leaderboard's first table: what the verdict and the choice rest on. Every other column is in the second.
+MAIN = ("rank", "id", "accuracy", "clean_accuracy", "f1_macro", "p_vs_best", "flag", "time_to_acc_s", "params",
+        "latency_ms", "train_s", "pareto")  # fmt: skip
 
 
 @dataclass
@@ -154,17 +175,27 @@ def quality_cost_figure(rows: list[dict[str, Any]], cost: str, label: str) -> Fi
     front = sorted((c, q) for (q, c), on in zip(points, pareto_front(points), strict=True) if on)
     figure = Figure(figsize=(6.5, 4), layout="constrained")
     axes = figure.subplots()
-    axes.scatter([c for _, c in points], [q for q, _ in points], color="tab:blue", zorder=3)
+    axes.scatter([c for _, c in points], [q for q, _ in points], color="tab:blue", zorder=3, label="run (number: rank)")
     axes.step([c for c, _ in front], [q for _, q in front], where="post", color="tab:orange", label="Pareto front")
     for row in placed:
         axes.annotate(str(row["rank"]), (row[cost], row["f1_macro"]), textcoords="offset points", xytext=(4, 3))
     costs = [c for _, c in points]
     if min(costs) > 0 and max(costs) / min(costs) > 20:
-        axes.set_xscale("log")
-    axes.set(xlabel=label, ylabel="macro F1", title=f"macro F1 against {label} (numbers: rank)")
+        _log_axis(axes)
+    axes.set(xlabel=label, ylabel="macro F1", title=f"macro F1 against {label}")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
     return figure
+
+
+def _log_axis(axes: Axes) -> None:
+    """A log x axis labelled at 1, 2 and 5 of each decade in plain numbers (0.5, 1, 2, 5, 10, ...), nothing between:
+    matplotlib's default labels its minor ticks in scientific notation where a range spans under a decade, and
+    those labels run into each other."""
+    axes.set_xscale("log")
+    axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
 
 
 def axis_groups(results: Iterable[RunResult]) -> dict[str, list[dict[str, list[RunResult]]]]:
@@ -216,7 +247,7 @@ def axis_figure(axis: str, panels: list[dict[str, list[RunResult]]], varying: li
         quality.set_title(_panel_title(group, axis, varying), fontsize=9, loc="left")
         for axes in (quality, loss):
             _epoch_axis(axes)
-        quality.legend(fontsize=8)
+            axes.legend(fontsize=8)
     return figure
 
 
@@ -233,6 +264,11 @@ def seeds_figure(seeds: list[dict[str, Any]]) -> Figure:
         axes.plot(list(entry["f1_by_seed"].values()), [y] * len(entry["f1_by_seed"]), "x", color="tab:gray")
     axes.set_yticks(range(len(seeds)), [e["group"] for e in seeds], fontsize=8)
     axes.invert_yaxis()
+    legend = [
+        Line2D([], [], color="tab:blue", marker="o", label="mean, 95% interval (3+ seeds)"),
+        Line2D([], [], color="tab:gray", marker="x", linestyle="none", label="one seed"),
+    ]
+    axes.legend(handles=legend, fontsize=8, loc="best")
     axes.set(xlabel="macro F1", title="over seeds: mean, 95% interval (3+ seeds), each seed (x)")
     axes.grid(alpha=0.3, axis="x")
     return figure
@@ -265,20 +301,196 @@ def _plots(board: Leaderboard) -> tuple[list[Plot], dict[str, list[Plot]]]:
     return shared, per_run
 
 
+# --- the verdict in words, the mistakes ------------------------------------------------------------------------
+
+
+def _figures(row: dict[str, Any]) -> str:
+    """A row's quality and cost in words: macro F1, accuracy, clean accuracy, latency and training seconds."""
+    parts = [f"macro F1 {row['f1_macro']:.4f}", f"accuracy {row['accuracy']:.4f}"]
+    if row.get("clean_accuracy") is not None:
+        parts.append(f"clean accuracy {row['clean_accuracy']:.4f}")
+    costs = []
+    if row.get("latency_ms") is not None:
+        costs.append(f"{row['latency_ms']:.2f} ms per image")
+    if row.get("train_s") is not None:
+        costs.append(f"{row['train_s']:.1f} s of training")
+    return ", ".join(parts) + (f"; {' and '.join(costs)}" if costs else "")
+
+
+def verdict(board: Leaderboard, meta: dict[str, Any]) -> list[str]:
+    """The leaderboard in sentences: who leads and at what cost, who is tied with it, by how much the others are
+    behind, which runs to look at before trusting them, what did not complete, and what the leak check found.
+
+    Args:
+        board: The leaderboard.
+        meta: Its folder's manifest.json (`leaderboard.manifest_meta`), for the leak check.
+
+    Returns:
+        Plain-text paragraphs (escape them for HTML).
+    """
+    done = [row for row in board.rows if row["status"] == "completed"]
+    if not done:
+        return ["No run completed."] + _not_completed(board.rows)
+    best = done[0]
+    lines = [f"{best['id']} leads: {_figures(best)}."]
+    tied = [row for row in done[1:] if row["tied_with_best"]]
+    worse = [row for row in done[1:] if row["tied_with_best"] is False]
+    if tied:
+        names = "; ".join(f"{r['id']} (macro F1 {r['f1_macro']:.4f}, p={r['p_vs_best']:.2g})" for r in tied)
+        lines.append(f"Tied with it (this benchmark does not tell them apart at the {ALPHA:.0%} level): {names}.")
+        cheap = [r for r in [best, *tied] if r.get("latency_ms") is not None]
+        cheapest = min(cheap, key=lambda r: r["latency_ms"]) if cheap else best
+        if cheapest is not best:
+            lines.append(f"The cheapest of these to run is {cheapest['id']}: {_figures(cheapest)}.")
+    if worse:
+        first = worse[0]
+        gap = best["f1_macro"] - first["f1_macro"]
+        others = "The other runs are" if tied else "Every other run is"
+        lines.append(
+            f"{others} worse than the leader (p < {ALPHA}); the best of them, {first['id']}, by {gap:.4f} macro F1 "
+            f"(p={first['p_vs_best']:.2g})."
+        )
+    untested = [row["id"] for row in done[1:] if row["p_vs_best"] is None]
+    if untested:
+        lines.append(f"Not tested against the leader (scored on other test images): {', '.join(untested)}.")
+    flagged = [f"{row['id']} ({row['flag']})" for row in done if row.get("flag")]
+    if flagged:
+        lines.append(f"Look at these before trusting them: {'; '.join(flagged)}.")
+    guarded = [f"{row['id']} ({row['guardrail']})" for row in done if row.get("guardrail")]
+    if guarded:
+        lines.append(f"Trained or scored under other conditions than most runs: {'; '.join(guarded)}.")
+    return lines + _not_completed(board.rows) + [_leak_sentence(meta, best)]
+
+
+def _not_completed(rows: list[dict[str, Any]]) -> list[str]:
+    failed = [
+        f"{row['id']} ({row['status']}: {row.get('error') or ''})" for row in rows if row["status"] != "completed"
+    ]
+    return [f"{len(failed)} run(s) did not complete: {'; '.join(failed)}."] if failed else []
+
+
+def _leak_sentence(meta: dict[str, Any], best: dict[str, Any]) -> str:
+    """What the leak check of the split found (from manifest.json)."""
+    groups = meta.get("duplicate_groups")
+    if not isinstance(groups, list):
+        return "This folder was split before pieceboard looked for copies of pictures: there is no leak check."
+    leaked = meta.get("leaked_test") or []
+    n_test = best.get("n_test")
+    of = f" of {n_test}" if n_test else ""
+    if not leaked:
+        return (
+            f"Leak check: {len(groups)} groups of near-duplicate pictures, each on one side of the split "
+            f"({meta.get('split', 'grouped')}): no test image has a copy in train."
+        )
+    return (
+        f"Leak check: {len(meta.get('cross_split_groups') or [])} groups of near-duplicate pictures straddle the "
+        f"split ({meta.get('split')}): {len(leaked)}{of} test images have a copy in train, which inflates accuracy; "
+        f"clean accuracy leaves them out."
+    )
+
+
+@dataclass
+class Mistake:
+    """One test image a run got wrong."""
+
+    path: str
+    label: str
+    predicted: str
+    confidence: float | None
+
+
+def mistakes(predictions: Predictions, limit: int = MISTAKES) -> list[Mistake]:
+    """The test images a run got wrong, most confident first (in file order where predictions.csv has no
+    confidence)."""
+    wrong = np.flatnonzero(predictions.labels != predictions.predicted)
+    if predictions.confidence is not None:
+        wrong = wrong[np.argsort(-predictions.confidence[wrong], kind="stable")]
+    names = predictions.class_names
+    confidence = predictions.confidence
+    return [
+        Mistake(
+            predictions.paths[i],
+            names[predictions.labels[i]],
+            names[predictions.predicted[i]],
+            None if confidence is None else float(confidence[i]),
+        )
+        for i in wrong[:limit]
+    ]
+
+
+def thumbnail(path: Path) -> str | None:
+    """A data URI of the image at `path`, at most `THUMBNAIL` pixels a side; None when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (THUMBNAIL, THUMBNAIL))  # JPEG decodes at a fraction of its size: much faster
+            picture = to_rgb(image)
+            picture.thumbnail((THUMBNAIL, THUMBNAIL))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    buffer = io.BytesIO()
+    small = picture.width * picture.height <= 64 * 64  # drawings and tiny scans: lossless, a few hundred bytes
+    picture.save(buffer, format="PNG" if small else "JPEG", quality=85)
+    kind = "png" if small else "jpeg"
+    return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def _gallery(run_id: str, predictions: Predictions, result: RunResult, root: Path | None) -> str:
+    shown = mistakes(predictions)
+    total = int(np.sum(predictions.labels != predictions.predicted))
+    order = "most confident first" if predictions.confidence is not None else "in file order (no confidence stored)"
+    head = f"{total} of {len(predictions.paths)} test images wrong"
+    more = f"; the {len(shown)} shown are {order}" if shown else ""
+    parts = [f'<h3 id="mistakes-{_slug(run_id)}">Mistakes of {html.escape(run_id)}</h3>', f"<p>{head}{more}.</p>"]
+    figures = []
+    for mistake in shown:
+        uri = thumbnail(root / mistake.path) if root is not None else None
+        image = (
+            f'<img class="thumb" src="{uri}" alt="{html.escape(mistake.path)}">'
+            if uri
+            else '<div class="thumb missing">image not found</div>'
+        )
+        sure = f" ({mistake.confidence:.0%})" if mistake.confidence is not None else ""
+        caption = f"true <b>{html.escape(mistake.label)}</b><br>predicted <b>{html.escape(mistake.predicted)}</b>{sure}"
+        title = html.escape(mistake.path)
+        figures.append(f'<figure class="mistake" title="{title}">{image}<figcaption>{caption}</figcaption></figure>')
+    if figures:
+        parts.append(f'<div class="gallery">{"".join(figures)}</div>')
+    pairs = most_confused(result.confusion_matrix, predictions.class_names, CONFUSED) if result.confusion_matrix else []
+    if pairs:
+        rows = "".join(
+            f'<tr><td class="text">{html.escape(p["label"])}</td><td class="text">{html.escape(p["predicted"])}</td>'
+            f"<td>{p['count']}</td></tr>"
+            for p in pairs
+        )
+        head_row = "<tr><th>true class</th><th>predicted as</th><th>test images</th></tr>"
+        parts += ["<p>Most confused classes:</p>", f'<table class="confused">{head_row}{rows}</table>']
+    return "\n".join(parts)
+
+
+# --- the page ------------------------------------------------------------------------------------------------------
+
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1800px; }
+p.verdict { font-size: 1.05em; margin: 0.3em 0; max-width: 70em; }
+p.verdict.lead { font-size: 1.2em; }
 table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0 1.5em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.5em; text-align: right; white-space: nowrap; }
-th { background: #f3f3f3; position: sticky; top: 0; }
+th { background: #f3f3f3; position: sticky; top: 0; white-space: normal; vertical-align: bottom; }
 td.text { text-align: left; }
+td.wrap { white-space: normal; min-width: 6em; overflow-wrap: anywhere; }
 tr.best td { background: #e6f4ea; }
 tr.tied td { background: #f3faf5; }
 tr.failed td { color: #b00020; }
-td.guard { color: #a15c00; white-space: normal; min-width: 12em; }
-.wide { overflow-x: auto; }
+td.guard { color: #a15c00; }
+td.flag { color: #b00020; font-weight: bold; }
 figure { display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.85em; color: #555; }
+.gallery { display: flex; flex-wrap: wrap; gap: 0.6em; margin-bottom: 1em; }
+figure.mistake { margin: 0; width: 110px; text-align: center; }
+img.thumb, div.thumb { width: 96px; height: 96px; object-fit: contain; background: #f7f7f7; }
+img.thumb { image-rendering: pixelated; }  /* a 32-pixel scan shown at 96 stays sharp; larger ones are not scaled */
+div.thumb.missing { display: flex; align-items: center; justify-content: center; font-size: 0.75em; color: #888; }
 """
 
 
@@ -291,12 +503,19 @@ def _table(columns: list[Column], rows: list[dict[str, Any]], table_id: str, lin
         tds = []
         for column, text in zip(columns, cells(row, columns), strict=True):
             content = html.escape(text)
+            if column.spec == "interval":  # the mean, and its interval on a line of its own: narrower columns
+                content = content.replace(" [", "<br>[", 1)
             if link and column.key == "id" and kind != "failed":
                 content = f'<a href="#run-{_slug(row["id"])}">{content}</a>'
-            css = "guard" if column.key == "guardrail" and text != "-" else "text" if column.key in TEXT else ""
-            tds.append(f'<td class="{css}">{content}</td>' if css else f"<td>{content}</td>")
+            css = [_CELL_CLASS[column.key]] if column.key in _CELL_CLASS and text != "-" else []
+            css += ["text"] if column.key in TEXT else []
+            css += ["wrap"] if column.key in ("guardrail", "status", "flag") else []
+            tds.append(f'<td class="{" ".join(css)}">{content}</td>' if css else f"<td>{content}</td>")
         body.append(f'<tr class="{kind}">{"".join(tds)}</tr>' if kind else f"<tr>{''.join(tds)}</tr>")
-    return f'<div class="wide"><table id="{table_id}"><tr>{head}</tr>{"".join(body)}</table></div>'
+    return f'<table id="{table_id}"><tr>{head}</tr>{"".join(body)}</table>'
+
+
+_CELL_CLASS = {"guardrail": "guard", "flag": "flag"}
 
 
 def _figure(plot: Plot) -> str:
@@ -316,20 +535,39 @@ def _per_class(result: RunResult) -> str:
     return f'<table class="per-class">{head}{rows}</table>'
 
 
-def _page(output: Path, board: Leaderboard, shared: list[Plot], per_run: dict[str, list[Plot]]) -> str:
+def _page(
+    output: Path,
+    board: Leaderboard,
+    shared: list[Plot],
+    per_run: dict[str, list[Plot]],
+    gallery: list[str],
+) -> str:
     counts: dict[str, int] = {}
     for row in board.rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no runs"
     written = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    meta = manifest_meta(output)
+    sentences = verdict(board, meta)
+    main = [c for c in COLUMNS if c.key in MAIN]
+    details = [c for c in COLUMNS if c.key in ("rank", "id") or c.key not in MAIN]
     parts = [
         f'<h1 id="top">pieceboard report: {html.escape(output.name)}</h1>',
+        '<div id="verdict">',
+        *(f'<p class="verdict{" lead" if i == 0 else ""}">{html.escape(s)}</p>' for i, s in enumerate(sentences)),
+        "</div>",
         f"<p>{html.escape(str(output))}: {summary}. Written {html.escape(written)}.</p>",
         '<h2 id="leaderboard-section">Leaderboard</h2>',
-        "<p>Ranked by macro F1. <em>vs best</em>: McNemar mid-p test against the leader on the same test images; "
-        f"<em>tied</em> when p &ge; {ALPHA}. See the pieceboard docs (Results) for every column.</p>",
-        _table(COLUMNS, board.rows, "leaderboard", link=True),
+        f"<p>Ranked by macro F1. <em>vs best</em>: a paired permutation test of macro F1 against the leader on the "
+        f"same test images ({RESAMPLES} random swaps of the two runs' predictions, seed {SEED}); <em>tied</em> when "
+        f"p &ge; {ALPHA}, and a row is only called worse when every row below it is too. See the pieceboard docs "
+        "(Results) for every column.</p>",
+        _table(main, board.rows, "leaderboard", link=True),
+        "<p>Settings and the other costs of each run:</p>",
+        _table(details, board.rows, "details", link=False),
     ]
+    if gallery:
+        parts += ['<h2 id="mistakes">Mistakes</h2>', *gallery]
     if board.seeds:
         parts += ['<h2 id="over-seeds">Over seeds</h2>', _table(SEED_COLUMNS, board.seeds, "seeds", link=False)]
     if shared:
@@ -345,21 +583,33 @@ def _page(output: Path, board: Leaderboard, shared: list[Plot], per_run: dict[st
     return f'<!doctype html>\n<html lang="en"><head>{head}</head><body>\n' + "\n".join(parts) + "\n</body></html>\n"
 
 
-def write_report(output: str | Path, board: Leaderboard | None = None) -> Path:
+def write_report(output: str | Path, board: Leaderboard | None = None, mistakes_of: Iterable[str] = ()) -> Path:
     """Draw every plot into `output/plots/` and write the self-contained `output/report.html`.
 
     Args:
         output: A benchmark's output folder.
         board: Its leaderboard; default `Leaderboard.from_dir(output)`.
+        mistakes_of: Runs whose mistakes the gallery shows besides the leader's.
 
     Returns:
         The path of report.html.
 
     Raises:
+        ValueError: A run in `mistakes_of` is not a completed run of the board.
         StorageError: A file could not be written.
     """
     output = Path(output)
     board = board if board is not None else Leaderboard.from_dir(output)
+    done = [row["id"] for row in board.rows if row["status"] == "completed"]
+    chosen = list(dict.fromkeys([*done[:1], *mistakes_of]))
+    for run_id in chosen:
+        if run_id not in board.predictions:
+            raise ValueError(f"{run_id}: not a completed run of {output} (completed: {', '.join(done) or 'none'})")
+    root = manifest_meta(output).get("path")
+    gallery = [
+        _gallery(run_id, board.predictions[run_id], board.results[run_id], Path(root) if root else None)
+        for run_id in chosen
+    ]
     shared, per_run = _plots(board)
     written = {plot.name for plot in shared} | {plot.name for plots in per_run.values() for plot in plots}
     for plot in [*shared, *(p for plots in per_run.values() for p in plots)]:
@@ -367,5 +617,5 @@ def write_report(output: str | Path, board: Leaderboard | None = None) -> Path:
     for stale in (output / PLOTS).glob("*.png"):  # pictures of runs or axes that are gone would mislead
         if stale.name not in written:
             stale.unlink()
-    atomic_write_text(output / REPORT, _page(output, board, shared, per_run))
+    atomic_write_text(output / REPORT, _page(output, board, shared, per_run, gallery))
     return output / REPORT

@@ -23,6 +23,8 @@ from pieceboard._io import atomic_write_text
 RUNS = "runs"
 RESULT = "result.json"
 PREDICTIONS = "predictions.csv"
+# confidence came later: rows of four (and folders written before it) have none, and every reader copes.
+PREDICTION_COLUMNS = ("index", "path", "label", "prediction", "confidence")
 STATUSES = ("completed", "failed", "skipped", "corrupt")
 # Settings that change how a cell runs but not what it trains or scores: a stored result is kept whatever they were.
 EXECUTION_KEYS = ("graphs",)
@@ -90,8 +92,9 @@ def run_dir(output: Path, run_id: str) -> Path:
     return output / RUNS / run_id
 
 
-def save_result(output: Path, result: RunResult, predictions: list[tuple[int, str, str, str]] | None = None) -> None:
-    """Store a cell's result (and its test predictions: index, path, label, prediction).
+def save_result(output: Path, result: RunResult, predictions: list[tuple] | None = None) -> None:
+    """Store a cell's result (and its test predictions: index, path, label, prediction and, in rows of five,
+    confidence: the probability the model gave its prediction).
 
     Predictions are written first, so a result.json that says completed always has its predictions beside it.
     """
@@ -99,7 +102,7 @@ def save_result(output: Path, result: RunResult, predictions: list[tuple[int, st
     if predictions is not None:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["index", "path", "label", "prediction"])
+        writer.writerow(PREDICTION_COLUMNS[: len(predictions[0])] if predictions else PREDICTION_COLUMNS)
         writer.writerows(predictions)
         atomic_write_text(folder / PREDICTIONS, buffer.getvalue())
     atomic_write_text(folder / RESULT, json.dumps(result.to_dict(), indent=2, allow_nan=True) + "\n")
@@ -123,7 +126,8 @@ def load_results(output: str | Path) -> list[RunResult]:
 
 
 def load_predictions(folder: Path) -> list[dict[str, str]]:
-    """The rows of the predictions.csv in a cell's folder (index, path, label, prediction)."""
+    """The rows of the predictions.csv in a cell's folder (index, path, label, prediction, and confidence in folders
+    written since it was added)."""
     with (folder / PREDICTIONS).open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 

@@ -79,6 +79,7 @@ class FitOutcome:
     n_train: int
     n_test: int
     predictions: np.ndarray  # predicted class per test image, in test_indices order
+    confidence: np.ndarray  # the softmax probability of that class, image for image
     precision: str
     channels_last: bool
     latency_ms: float
@@ -153,7 +154,7 @@ def evaluate(
     expected: np.ndarray,
     channels_last: bool = True,
     capture: Capture | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Score every test image exactly once across all processes.
 
     Args:
@@ -166,30 +167,28 @@ def evaluate(
         capture: Full batches through the captured model, when the run captures its steps.
 
     Returns:
-        (positions, predictions, losses) sorted by manifest position, identical on every process.
+        (positions, predictions, losses, confidence) sorted by manifest position, identical on every process;
+        confidence is the softmax probability of the predicted class.
 
     Raises:
         RuntimeError: The gathered predictions do not cover the test split exactly once.
     """
     model.eval()
-    positions, predictions, losses = [], [], []
+    positions, predictions, losses, confidence = [], [], [], []
     with torch.no_grad(), accelerator.autocast():
         for images, labels, index in loader:
             check_stop()
             x = to_float(images, *mean_std, channels_last)
             logits = (capture.infer(x) if capture is not None else model(x)).float()
             losses.append(F.cross_entropy(logits, labels, reduction="none"))
-            predictions.append(logits.argmax(dim=1))
+            top, predicted = logits.softmax(dim=1).max(dim=1)
+            predictions.append(predicted)
+            confidence.append(top)
             positions.append(index.to(accelerator.device))
     device = accelerator.device
-    local = torch.stack(
-        [
-            torch.cat(positions).double() if positions else torch.empty(0, dtype=torch.float64, device=device),
-            torch.cat(predictions).double() if predictions else torch.empty(0, dtype=torch.float64, device=device),
-            torch.cat(losses).double() if losses else torch.empty(0, dtype=torch.float64, device=device),
-        ],
-        dim=1,
-    )
+    columns = (positions, predictions, losses, confidence)
+    empty = torch.empty(0, dtype=torch.float64, device=device)
+    local = torch.stack([torch.cat(column).double() if column else empty for column in columns], dim=1)
     # Our loader shards without padding, so shards may differ by a few rows: pad with -1, gather, drop padding.
     padded = accelerator.pad_across_processes(local, dim=0, pad_index=-1)
     gathered = accelerator.gather(padded).cpu().numpy()
@@ -201,7 +200,7 @@ def evaluate(
             f"evaluation scored {len(got)} images ({len(np.unique(got))} distinct) but the test split has "
             f"{len(expected)}: predictions would be wrong, so the run stops"
         )
-    return got, gathered[:, 1].astype(np.int64), gathered[:, 2]
+    return got, gathered[:, 1].astype(np.int64), gathered[:, 2], gathered[:, 3]
 
 
 @dataclass
@@ -374,7 +373,7 @@ def fit(
         train_log += stats.log
         train_s, wait_s, trained_images = train_s + stats.seconds, wait_s + stats.wait_s, trained_images + stats.images
         eval_start = time.perf_counter()
-        positions, predictions, losses = evaluate(
+        positions, predictions, losses, confidence = evaluate(
             run.model, run.test_loader, accelerator, run.mean_std, data.test_indices, run.channels_last, run.capture
         )
         synchronize(accelerator.device)
@@ -414,6 +413,7 @@ def fit(
         n_train=len(data.train_indices),
         n_test=len(positions),
         predictions=predictions[order],
+        confidence=confidence[order],
         precision=accelerator.mixed_precision,
         channels_last=bool(run.channels_last),
         latency_ms=latency_ms(run, accelerator, cell.settings.image_size),
