@@ -19,6 +19,7 @@ from _results import CLASSES, graded, image_paths, write_run
 from pieceboard.cli import main
 from pieceboard.leaderboard import COLUMNS, Leaderboard
 from pieceboard.report import (
+    LeakCheck,
     axis_figure,
     axis_groups,
     curves_figure,
@@ -99,7 +100,8 @@ def test_the_page_opens_with_the_verdict_in_words(study):
     assert body.index('id="verdict"') < body.index('id="leaderboard"')
     assert first.startswith("mlp@12px-seed2 leads: macro F1 0.9")
     assert "ms per image" in first and "s of training" in first
-    sentences = verdict(Leaderboard.from_dir(study), json.loads((study / "manifest.json").read_text()))
+    meta = json.loads((study / "manifest.json").read_text())
+    sentences = verdict(Leaderboard.from_dir(study), LeakCheck.from_meta(meta))
     assert sentences[0] == html.unescape(first)
     assert any(
         s.startswith("Every other run is worse than the leader") or s.startswith("Tied with it") for s in sentences
@@ -116,7 +118,7 @@ def test_verdict_names_ties_gaps_flags_and_the_leak(tmp_path):
     write_run(tmp_path, "cats", labels, ["cat"] * 60)
     meta = {"split": "random", "duplicate_groups": [["a", "b"]] * 4, "cross_split_groups": [["a", "b"]] * 3}
     meta["leaked_test"] = ["img/000.png", "img/001.png", "img/002.png"]
-    lines = verdict(Leaderboard.from_dir(tmp_path), meta)
+    lines = verdict(Leaderboard.from_dir(tmp_path), LeakCheck.from_meta(meta))
     assert lines[0] == "leader leads: macro F1 0.9166, accuracy 0.9167; 5.00 ms per image and 2.0 s of training."
     assert lines[1].startswith("Tied with it (this benchmark does not tell them apart at the 5% level): twin (macro")
     assert lines[2].startswith("The cheapest of these to run is twin: macro F1 0.9000, accuracy 0.9000; 1.00 ms")
@@ -129,7 +131,9 @@ def test_verdict_names_ties_gaps_flags_and_the_leak(tmp_path):
         "Leak check: 3 groups of near-duplicate pictures straddle the split (random): 3 of 60 test images have a "
         "copy in train, which inflates accuracy; clean accuracy leaves them out."
     )
-    assert verdict(Leaderboard.from_dir(tmp_path), {})[-1].startswith("This folder was split before pieceboard looked")
+    assert verdict(Leaderboard.from_dir(tmp_path), None)[-1].startswith(
+        "This folder was split before pieceboard looked"
+    )
 
 
 def test_the_gallery_shows_the_leaders_mistakes_most_confident_first(study):

@@ -214,11 +214,8 @@ def run(
 def _describe(config: Config, manifest: Manifest, state: PartialState, output: Path, display: Display) -> None:
     n_test = int(manifest.is_test.sum())
     n_train = len(manifest.paths) - n_test
-    display.note(
-        f"[bold]{config.benchmark.name}[/bold]: {len(manifest.paths)} images, {len(manifest.class_names)} classes, "
-        f"{n_train} train / {n_test} test, {len(manifest.skipped)} skipped; {len(config.cells)} runs on "
-        f"{state.num_processes} process(es) -> {output}"
-    )
+    counts = (len(manifest.class_names), n_train, n_test, len(manifest.skipped), len(config.cells), state.num_processes)
+    display.note(f"[bold]{escape(config.benchmark.name)}[/bold]{escape(split_line(*counts, output))}")
     groups = manifest.groups or []
     if straddling := cross_split(manifest.is_test, groups):
         display.note(
@@ -235,6 +232,15 @@ def _describe(config: Config, manifest: Manifest, state: PartialState, output: P
         display.note(f"[yellow]skipped[/yellow] {len(manifest.skipped) - SHOWN_SKIPPED} more (see manifest.json)")
     for warning in data_warnings(config, manifest):
         display.note(f"[yellow]warning[/yellow]: {warning}")
+
+
+def split_line(classes: int, n_train: int, n_test: int, skipped: int, runs: int, processes: int, output: Path) -> str:
+    """What a benchmark prints after its name before training, e.g.
+    `: 5391 images, 10 classes, 4314 train / 1077 test, 0 skipped; 6 runs on 1 process(es) -> results/demo`."""
+    return (
+        f": {n_train + n_test} images, {classes} classes, {n_train} train / {n_test} test, {skipped} skipped; "
+        f"{runs} runs on {processes} process(es) -> {output}"
+    )
 
 
 def data_warnings(config: Config, manifest: Manifest) -> list[str]:

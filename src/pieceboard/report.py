@@ -317,13 +317,32 @@ def _figures(row: dict[str, Any]) -> str:
     return ", ".join(parts) + (f"; {' and '.join(costs)}" if costs else "")
 
 
-def verdict(board: Leaderboard, meta: dict[str, Any]) -> list[str]:
+@dataclass(frozen=True)
+class LeakCheck:
+    """What the leak check of a split found: counts from manifest.json."""
+
+    split: str  # grouped | random
+    groups: int  # groups of near-duplicate pictures
+    straddling: int  # groups with members on both sides of the split
+    leaked: int  # test images with a copy in train
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> LeakCheck | None:
+        """From an output folder's manifest.json (`leaderboard.manifest_meta`); None for a folder split before
+        pieceboard looked for copies."""
+        if not isinstance(meta.get("duplicate_groups"), list):
+            return None
+        straddling, leaked = meta.get("cross_split_groups") or [], meta.get("leaked_test") or []
+        return cls(str(meta.get("split", "random")), len(meta["duplicate_groups"]), len(straddling), len(leaked))
+
+
+def verdict(board: Leaderboard, leak: LeakCheck | None) -> list[str]:
     """The leaderboard in sentences: who leads and at what cost, who is tied with it, by how much the others are
     behind, which runs to look at before trusting them, what did not complete, and what the leak check found.
 
     Args:
         board: The leaderboard.
-        meta: Its folder's manifest.json (`leaderboard.manifest_meta`), for the leak check.
+        leak: What the leak check of its split found; None when there was none.
 
     Returns:
         Plain-text paragraphs (escape them for HTML).
@@ -359,7 +378,7 @@ def verdict(board: Leaderboard, meta: dict[str, Any]) -> list[str]:
     guarded = [f"{row['id']} ({row['guardrail']})" for row in done if row.get("guardrail")]
     if guarded:
         lines.append(f"Trained or scored under other conditions than most runs: {'; '.join(guarded)}.")
-    return lines + _not_completed(board.rows) + [_leak_sentence(meta, best)]
+    return lines + _not_completed(board.rows) + [_leak_sentence(leak, best.get("n_test"))]
 
 
 def _not_completed(rows: list[dict[str, Any]]) -> list[str]:
@@ -369,23 +388,18 @@ def _not_completed(rows: list[dict[str, Any]]) -> list[str]:
     return [f"{len(failed)} run(s) did not complete: {'; '.join(failed)}."] if failed else []
 
 
-def _leak_sentence(meta: dict[str, Any], best: dict[str, Any]) -> str:
-    """What the leak check of the split found (from manifest.json)."""
-    groups = meta.get("duplicate_groups")
-    if not isinstance(groups, list):
+def _leak_sentence(leak: LeakCheck | None, n_test: int | None) -> str:
+    if leak is None:
         return "This folder was split before pieceboard looked for copies of pictures: there is no leak check."
-    leaked = meta.get("leaked_test") or []
-    n_test = best.get("n_test")
-    of = f" of {n_test}" if n_test else ""
-    if not leaked:
+    if not leak.leaked:
         return (
-            f"Leak check: {len(groups)} groups of near-duplicate pictures, each on one side of the split "
-            f"({meta.get('split', 'grouped')}): no test image has a copy in train."
+            f"Leak check: {leak.groups} groups of near-duplicate pictures, each on one side of the split "
+            f"({leak.split}): no test image has a copy in train."
         )
+    of = f" of {n_test}" if n_test else ""
     return (
-        f"Leak check: {len(meta.get('cross_split_groups') or [])} groups of near-duplicate pictures straddle the "
-        f"split ({meta.get('split')}): {len(leaked)}{of} test images have a copy in train, which inflates accuracy; "
-        f"clean accuracy leaves them out."
+        f"Leak check: {leak.straddling} groups of near-duplicate pictures straddle the split ({leak.split}): "
+        f"{leak.leaked}{of} test images have a copy in train, which inflates accuracy; clean accuracy leaves them out."
     )
 
 
@@ -547,8 +561,7 @@ def _page(
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no runs"
     written = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    meta = manifest_meta(output)
-    sentences = verdict(board, meta)
+    sentences = verdict(board, LeakCheck.from_meta(manifest_meta(output)))
     main = [c for c in COLUMNS if c.key in MAIN]
     details = [c for c in COLUMNS if c.key in ("rank", "id") or c.key not in MAIN]
     parts = [
