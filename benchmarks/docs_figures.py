@@ -226,7 +226,7 @@ def run_all(work: Path) -> None:
     demo = _pieceboard("bench", "benchmarks/demo.toml", cwd=work)
     minutes = (time.perf_counter() - started) / 60
     _store("demo", work / "results" / "demo", demo)
-    timing = {"minutes": round(minutes, 2), "cpus": os.cpu_count()}
+    timing = {"minutes": round(minutes, 2), "cpus": os.cpu_count(), "load_average": round(os.getloadavg()[0], 1)}
     (SAMPLES / "demo" / "timing.json").write_text(json.dumps(timing) + "\n", encoding="utf-8")
     result = json.loads((work / "results" / "demo" / "runs" / EXCERPT / "result.json").read_text(encoding="utf-8"))
     (SAMPLES / "demo" / "result.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

@@ -14,7 +14,7 @@ torch=${TORCH:-2.13.0}
 rm -rf "$venv"
 "$python" -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
-"$venv/bin/pip" install -q "torch==$torch"
+"$venv/bin/pip" install -q "torch==$torch" 2> >(grep -v "^WARNING: Location" >&2)
 floors=$("$venv/bin/python" - "$repo/pyproject.toml" <<'PY'
 """Every runtime dependency's floor as a pin, e.g. numpy>=2.0 -> numpy==2.0; torch and torchvision left open."""
 import re
@@ -32,7 +32,8 @@ for spec in dependencies:
 PY
 )
 # shellcheck disable=SC2086
-"$venv/bin/pip" install -q "$repo" $floors pytest pytest-xdist
+"$venv/bin/pip" install -q "$repo" $floors pytest pytest-xdist 2> >(grep -v "^WARNING: Location" >&2)
+"$venv/bin/pip" check
 echo "installed:"
 "$venv/bin/pip" list 2>/dev/null | grep -iE "^(torch|torchvision|timm|accelerate|datasets|evaluate|wandb|rich|pydantic|scikit-learn|scipy|safetensors|pillow|numpy|matplotlib) "
 work=$(mktemp -d)

@@ -3,16 +3,18 @@ predictions."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
 import pytest
+from rich.console import Console
 from sklearn.metrics import precision_recall_fscore_support
 
 from _results import CLASSES, write_run
 from pieceboard import PieceboardError
 from pieceboard.cli import main
-from pieceboard.compare import compare, find_run, load_run
+from pieceboard.compare import compare, find_run, load_run, tables
 from pieceboard.leaderboard import Leaderboard
 from pieceboard.metrics import RESAMPLES, paired_f1_test
 from pieceboard.results import RunResult, save_result
@@ -51,7 +53,7 @@ def test_known_predictions(runs):
     assert (
         result["verdict"] == f"a is better than b: macro F1 {test.f1_a:.4f} vs {test.f1_b:.4f}, p = {test.p_value:.2g}"
     )
-    assert result["test"] == "paired permutation test of macro F1 over the test images (9999 random swaps, seed 0)"
+    assert result["test"] == "paired permutation test of macro F1 over the test images: 9999 random swaps, seed 0"
     board = {row["id"]: row for row in Leaderboard.from_dir(runs).rows}
     assert board["b"]["p_vs_best_raw"] == result["p_value"]  # compare and the leaderboard give one answer
     assert (result["accuracy_a"], result["accuracy_b"]) == pytest.approx((78 / 90, 65 / 90))
@@ -132,3 +134,18 @@ def test_damaged_predictions_are_named(runs):
     (runs / "runs" / "b" / "predictions.csv").write_text("index,path,label,prediction\n0,img/000.png,cat,dog\n")
     with pytest.raises(PieceboardError, match="b/predictions.csv: gives accuracy"):
         load_run(find_run(runs, "b"))
+
+
+@pytest.mark.parametrize("width", [60, 80, 100])
+def test_the_per_class_table_fits_the_terminal_and_never_cuts_a_figure(runs, width):
+    comparison = compare(load_run(runs / "runs" / "a"), load_run(runs / "runs" / "b"))
+    console = Console(width=width, file=io.StringIO(), record=True)
+    for part in tables(comparison, width):
+        console.print(part)
+    text = console.export_text()
+    assert "…" not in text and max(map(len, text.splitlines())) <= width
+    fox = next(line for line in text.splitlines() if line.lstrip("│ ").startswith("fox"))
+    f1 = next(e for e in comparison["per_class"] if e["label"] == "fox")
+    assert f"{f1['f1_a']:.4f}" in fox and f"{f1['f1_b']:.4f}" in fox and f"{f1['f1_diff']:+.4f}" in fox
+    if width < 80:
+        assert "not shown at this width" in " ".join(text.split()) and "--json has every figure" in text

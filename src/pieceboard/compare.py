@@ -87,8 +87,8 @@ def _aligned(a: Run, b: Run) -> np.ndarray:
 def test_name(test: PairedF1Test) -> str:
     """How the p value was computed, in words."""
     if test.exact:
-        return f"exact paired permutation test of macro F1 over the test images (all {test.resamples} swaps)"
-    return f"paired permutation test of macro F1 over the test images ({test.resamples} random swaps, seed {SEED})"
+        return f"exact paired permutation test of macro F1 over the test images: all {test.resamples} swaps"
+    return f"paired permutation test of macro F1 over the test images: {test.resamples} random swaps, seed {SEED}"
 
 
 def verdict(a: str, b: str, test: PairedF1Test) -> str:
@@ -166,7 +166,7 @@ def tables(comparison: dict[str, Any], width: int | None = None) -> list[Table |
     every column), the wins, the confusions and the verdict."""
     a, b = escape(comparison["a"]), escape(comparison["b"])
     title = f"A = {a}, B = {b}, on {comparison['n_test']} test images"
-    per_class = rich_table(title, PER_CLASS, comparison["per_class"], width)
+    per_class = rich_table(title, PER_CLASS, comparison["per_class"], width, hint="--json has every figure")
     confused = Table(title="most confused (true -> predicted: images)", header_style="bold")
     confused.add_column(f"A = {a}", overflow="fold")
     confused.add_column(f"B = {b}", overflow="fold")

@@ -622,11 +622,21 @@ def fit_columns(columns: list[Column], rows: list[dict[str, Any]], width: int) -
     return [column for column in columns if column.key in chosen]
 
 
-def rich_table(title: str | None, columns: list[Column], rows: list[dict[str, Any]], width: int | None = None) -> Table:
-    """A rich table of `rows` that fits a terminal `width` characters wide (`fit_columns`); None: every column.
+LEFT_OUT_HINT = "--columns picks columns; --format md shows every one"
 
-    Its caption names the columns left out and gives each row's sentences of left-out columns (a failed row's
-    error, a guardrail), so that nothing the table says is lost.
+
+def rich_table(
+    title: str | None,
+    columns: list[Column],
+    rows: list[dict[str, Any]],
+    width: int | None = None,
+    hint: str = LEFT_OUT_HINT,
+) -> Table:
+    """A rich table of `rows` that fits a terminal `width` characters wide (`fit_columns`); None: every column.
+    `hint` says, under a fitted table, where to see the columns left out.
+
+    When fitted, its caption names the columns left out and gives each row's sentences of left-out columns (a failed
+    row's error, a guardrail), so that nothing the table says is lost.
     """
     shown = columns if width is None else fit_columns(columns, rows, width)
     # No rules or padding between columns, one space: the leaderboard is wide, and every character counts.
@@ -644,13 +654,13 @@ def rich_table(title: str | None, columns: list[Column], rows: list[dict[str, An
         if row.get("status", "completed") != "completed":
             line = [f"[red]{t}[/red]" if c.key == "status" else t for c, t in zip(shown, line, strict=True)]
         table.add_row(*line)
-    notes = _left_out(columns, shown, rows)
+    notes = _left_out(columns, shown, rows, hint) if width is not None else []
     if notes:  # a caption wraps within the table's width
         table.caption, table.caption_justify = Text("\n".join(notes), style="dim"), "left"
     return table
 
 
-def _left_out(columns: list[Column], shown: list[Column], rows: list[dict[str, Any]]) -> list[str]:
+def _left_out(columns: list[Column], shown: list[Column], rows: list[dict[str, Any]], hint: str) -> list[str]:
     keys = {column.key for column in shown}
     hidden = [column for column in columns if column.key not in keys]
     if not hidden:
@@ -664,7 +674,7 @@ def _left_out(columns: list[Column], shown: list[Column], rows: list[dict[str, A
             f"{row[name]}: {c.header} {row[c.key]}" for c in hidden if c.key in WRAPPED - {"status"} and row.get(c.key)
         ]
     listed = ", ".join(column.key for column in hidden)
-    return [*notes, f"not shown at this width: {listed} (--columns picks columns; --format md shows every one)"]
+    return [*notes, f"not shown at this width: {listed} ({hint})"]
 
 
 def _markdown(columns: list[Column], rows: list[dict[str, Any]]) -> str:
