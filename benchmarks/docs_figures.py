@@ -170,7 +170,6 @@ def blocks() -> dict[str, str]:
     demo, random, report = _load("demo"), _load("demo-random"), _load("report")
     return {
         "demo-output": demo_output(demo),
-        "demo-header": "```text\n" + _header("demo", demo, "results/demo") + "\n```\n",
         "demo-table": demo_table(demo),
         "demo-verdict": _sentences(demo),
         "demo-leak": demo_leak(demo, random),

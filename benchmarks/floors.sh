@@ -4,17 +4,18 @@
 # modules that lean on those versions most. About 10 minutes on 2 cores, with PyPI reachable.
 #   bash benchmarks/floors.sh [VENV]          # default VENV: /tmp/pieceboard-floors (replaced)
 #   PYTHON=python3.11 bash benchmarks/floors.sh
-# torch and torchvision are the exception: their floors (torch 2.6) are CUDA builds of several GB, so the venv takes
-# the CPU build of torch that lies on this machine's disk (TORCH, default 2.13.0) and the torchvision made for it.
+# torch and torchvision are the exception: their floors (torch 2.6) would be downloads of several GB, so the venv takes
+# the pair that lies on this machine's disk (TORCH, TORCHVISION; default 2.14.1 and 0.29.1, as the project's venv).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=${1:-/tmp/pieceboard-floors}
 python=${PYTHON:-python3}
-torch=${TORCH:-2.13.0}
+torch=${TORCH:-2.14.1}
+torchvision=${TORCHVISION:-0.29.1}
 rm -rf "$venv"
 "$python" -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
-"$venv/bin/pip" install -q "torch==$torch" 2> >(grep -v "^WARNING: Location" >&2)
+"$venv/bin/pip" install -q "torch==$torch" "torchvision==$torchvision" 2> >(grep -v "^WARNING: Location" >&2)
 floors=$("$venv/bin/python" - "$repo/pyproject.toml" <<'PY'
 """Every runtime dependency's floor as a pin, e.g. numpy>=2.0 -> numpy==2.0; torch and torchvision left open."""
 import re

@@ -446,3 +446,18 @@ def test_markdown_and_json_keep_every_column(tmp_path):
     header = board.to_markdown().splitlines()[0]
     assert header == "| " + " | ".join(column.header for column in COLUMNS) + " |"
     assert {column.key for column in COLUMNS if column.key != "rank"} <= set(json.loads(board.to_json())[0])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_order_and_verdict_never_contradict_over_seeds(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    for g in range(5):
+        _seed_runs(tmp_path, f"g{g}", {s: int(rng.integers(12, 30)) for s in range(3)}, {"lr": 0.1 * (g + 1)})
+    summary = Leaderboard.from_dir(tmp_path).seeds
+    f1 = [entry["f1_macro_mean"] for entry in summary]
+    assert f1 == sorted(f1, reverse=True)
+    tested = summary[1:]
+    assert [e["p_vs_best"] for e in tested] == sorted((e["p_vs_best"] for e in tested), reverse=True)
+    verdicts = [e["tied_with_best"] for e in tested]
+    assert verdicts == sorted(verdicts, reverse=True)
+    assert all(e["p_vs_best"] >= e["p_vs_best_raw"] for e in tested)

@@ -471,8 +471,9 @@ def dry_run(
 
     The checks are `run`'s: the benchmark file and its model names; each cell's batch, weights, image size and
     precision; the cache folder; the data folder (scanned, not decoded: a new split's image checks wait for the run)
-    or, when the output folder holds a split, whether it still matches; and whether another benchmark holds the
-    output folder. A cell is `kept` only if its completed result matches the split already stored there.
+    or, when the output folder holds a split, whether it still matches and the disk has room for the results to
+    come; and whether another benchmark holds the output folder. A cell is `kept` only if its completed result
+    matches the split already stored there.
 
     Returns:
         The table, and the problems (one line each; none when the run would start).
@@ -484,11 +485,13 @@ def dry_run(
     output = Path(output) if output else config.output
     plans = _preflight(config, int(os.environ.get("WORLD_SIZE", 1)), strict=False)
     problems = list(dict.fromkeys(plan.problem for plan in plans.values() if plan.problem))
-    problems += _folder_problems(config, output)
-    digest = _manifest_digest(output) if (output / MANIFEST).exists() else None
+    manifest, found = _folder_problems(config, output)
+    problems += found
+    digest = _manifest_digest(output) if manifest is not None else None
     table = Table(title=f"{config.benchmark.name}: {len(config.cells)} cells -> {output}", header_style="bold")
     for header in ("run", "model", "mode", "px", "batch", "epochs", "lr", "precision", "weights", "action"):
         table.add_column(header, justify="right" if header in ("px", "batch", "epochs", "lr") else "left")
+    todo = 0
     for cell in config.cells:
         s, plan = cell.settings, plans[cell.id]
         action = _action(output, cell, _stored_config(cell, config, digest) if digest else None)
@@ -496,21 +499,28 @@ def dry_run(
         weights = Path(plan.weights).name if plan.weights else "-"
         row = (cell.id, cell.model, cell.mode, s.image_size, s.batch_size, s.epochs, f"{s.lr:g}", plan.precision)
         table.add_row(*map(escape, map(str, row)), escape(weights), action)
+        todo += action != "kept"
+    if manifest is not None and todo:  # the run's look at the disk, before it trains
+        try:
+            require_space(output, todo * _result_bytes(manifest) + RESULT_MARGIN, f"the results of {todo} cell(s)")
+        except PieceboardError as exc:
+            problems.append(str(exc))
     return table, problems
 
 
-def _folder_problems(config: Config, output: Path) -> list[str]:
-    """What `run` would stop at in its folders before training (see `dry_run`)."""
+def _folder_problems(config: Config, output: Path) -> tuple[Manifest | None, list[str]]:
+    """What `run` would stop at in its folders before training (see `dry_run`), and the stored split if any."""
     problems = [holder] if (holder := in_use(output)) else []
+    manifest = None
     try:
         make_folder(cache_root(config.data))
         if (output / MANIFEST).exists():  # a stored split: the rerun's checks (same settings, same files)
-            make_manifest(config.data, output)
+            manifest = make_manifest(config.data, output)
         else:  # the folder as the run finds it; its images are checked when the run decodes them
             scan_folder(resolve_root(config.data))
     except PieceboardError as exc:
         problems.append(str(exc))
-    return problems
+    return manifest, problems
 
 
 def _action(output: Path, cell: Cell, stored_config: dict[str, Any] | None) -> str:
