@@ -662,7 +662,9 @@ def rich_table(
 
 def _left_out(columns: list[Column], shown: list[Column], rows: list[dict[str, Any]], hint: str) -> list[str]:
     keys = {column.key for column in shown}
-    hidden = [column for column in columns if column.key not in keys]
+    texts = [cells(row, columns) for row in rows]
+    # Left out and with something to show: a column of `-` alone is not worth a word.
+    hidden = [c for i, c in enumerate(columns) if c.key not in keys and any(line[i] != "-" for line in texts)]
     if not hidden:
         return []
     name = next(column.key for column in columns if column.key in ("id", "group", "label"))
@@ -670,9 +672,7 @@ def _left_out(columns: list[Column], shown: list[Column], rows: list[dict[str, A
     for row in rows:
         if "status" not in keys and row.get("status", "completed") != "completed":
             notes.append(f"{row[name]}: {_reason(row)}")
-        notes += [
-            f"{row[name]}: {c.header} {row[c.key]}" for c in hidden if c.key in WRAPPED - {"status"} and row.get(c.key)
-        ]
+        notes += [f"{row[name]}: {c.header} {row[c.key]}" for c in hidden if c.key in SENTENCES and row.get(c.key)]
     listed = ", ".join(column.key for column in hidden)
     return [*notes, f"not shown at this width: {listed} ({hint})"]
 
