@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # what type checkers and mkdocstrings see; at run time `__get
     from pieceboard.bench import run
     from pieceboard.config import Cell, Config, ConfigError, load_config
     from pieceboard.leaderboard import Leaderboard
+    from pieceboard.predict import load_model
     from pieceboard.results import RunResult, load_results
 
 __version__ = version("pieceboard")
@@ -31,6 +32,7 @@ _EXPORTS = {
     "PieceboardError": "pieceboard._console",
     "RunResult": "pieceboard.results",
     "load_config": "pieceboard.config",
+    "load_model": "pieceboard.predict",
     "load_results": "pieceboard.results",
     "run": "pieceboard.bench",
 }
@@ -44,6 +46,7 @@ __all__ = [
     "RunResult",
     "__version__",
     "load_config",
+    "load_model",
     "load_results",
     "run",
 ]

@@ -135,7 +135,10 @@ class Display:
         self.cells[cell.id] = (self.progress.add_task(cell.id, total=None), cell, {})
 
     def event(self, cell_id: str, event: dict[str, Any]) -> None:
-        """Train-loss and epoch events of a cell (epochs counted from 1)."""
+        """Train-loss and epoch events of a cell (epochs counted from 1); a `note` event is a line of its own."""
+        if event["event"] == "note":  # e.g. `resumed <id> from epoch N`
+            self.note(escape(event["text"]))
+            return
         task, cell, last = self.cells[cell_id]
         epochs = cell.settings.epochs
         done = total = None

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["RESIZE_METHOD", "ImageError", "load_rgb", "load_rgb_sized", "to_rgb"]
+__all__ = ["RESIZE_METHOD", "ImageError", "load_rgb", "load_rgb_sized", "squash", "to_rgb"]
 
 RESIZE_METHOD = "squash-bilinear"
 """How `load_rgb` resizes: straight to a square with bilinear resampling, ignoring the aspect ratio (no crop, no pad).
@@ -111,10 +111,20 @@ def load_rgb_sized(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray,
             # load() decodes every byte now; lazily decoded images would only fail (or not) much later.
             image.load()
             rgb = to_rgb(image)
-        resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
+        pixels = squash(rgb, size)
     except _DECODE_ERRORS as error:
         raise ImageError(f"{os.fspath(path)}: cannot decode image ({error})") from error
-    return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8)), rgb.size
+    return pixels, rgb.size
+
+
+def squash(rgb: Image.Image, size: int) -> np.ndarray:
+    """An RGB image resized straight to ``size`` x ``size`` with bilinear resampling (see `RESIZE_METHOD`).
+
+    Returns:
+        A C-contiguous uint8 array of shape (size, size, 3).
+    """
+    resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8))
 
 
 def _require_strict_decoding() -> None:

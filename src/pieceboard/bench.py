@@ -24,6 +24,7 @@ if __name__ == "__main__":  # `python -m pieceboard.bench`: a mistake in the fil
 import functools
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -52,11 +53,21 @@ from pieceboard.cache import build_cache, cache_root, channel_stats
 from pieceboard.config import Cell, Config, load_config
 from pieceboard.data import MANIFEST, Manifest, cross_split, make_manifest, resolve_root, scan_folder
 from pieceboard.device import device_type, resolve_precision
-from pieceboard.jobs import CellTask, WorkerPool, WorkerSpec, run_cell, run_data
+from pieceboard.jobs import CellTask, WorkerPool, WorkerSpec, run_cell, run_data, store
 from pieceboard.leaderboard import Leaderboard
 from pieceboard.models import probe, resolve_weights
 from pieceboard.report import write_report
-from pieceboard.results import RESULT, RunResult, finished, read_result, run_dir, save_result
+from pieceboard.results import (
+    CHECKPOINT,
+    MODEL,
+    RESULT,
+    RUNS,
+    RunResult,
+    finished,
+    read_result,
+    run_dir,
+    save_result,
+)
 from pieceboard.tracking import Tracker, resolve_mode
 
 GPU_PACK = 4  # cells per GPU with jobs = "auto": 4 resnet18 trainings side by side gave 3.9x the throughput of one
@@ -74,6 +85,7 @@ class Plan:
     precision: str
     cost: float  # relative training cost, to start the longest cells first
     problem: str | None = None  # what stops this cell (only collected by a dry run)
+    params: int = 0  # of the model: the size of its checkpoints and model folder
 
 
 def _main_first(state: PartialState, work: Callable[[], Any]) -> Any:
@@ -132,7 +144,7 @@ def _plan(cell: Cell, processes: int, device: str, source: str | None) -> Plan:
     traits = probe(cell.model, cell.settings.image_size)
     precision = resolve_precision(cell.settings.precision, device, traits.depthwise, traits.strided_conv_on_one_pixel)
     # Training costs about 3 forward passes per image; the split is the same for every cell.
-    return Plan(weights, precision, 3 * traits.gflops * cell.settings.epochs)
+    return Plan(weights, precision, 3 * traits.gflops * cell.settings.epochs, params=traits.params)
 
 
 def _stored_config(cell: Cell, config: Config, manifest_digest: str) -> dict[str, Any]:
@@ -186,8 +198,13 @@ def run(
         _describe(config, manifest, state, output, display)
         results, todo = _kept(config, output, digest, display)
         if main:  # a full disk found after training would lose the result: look before
-            needed = len(todo) * _result_bytes(manifest) + RESULT_MARGIN
-            require_space(output, needed, f"the results of {len(todo)} cell(s)")
+            if not config.benchmark.keep_checkpoints:  # left by a kill between a result and its clean-up
+                for result in results:
+                    shutil.rmtree(run_dir(output, result.id) / CHECKPOINT, ignore_errors=True)
+            at_once = _at_once(config, state, len(todo), jobs, threads)
+            kept, what = _kept_bytes(config, [plans[c.id].params for c in todo], at_once)
+            needed = len(todo) * _result_bytes(manifest) + kept + RESULT_MARGIN
+            require_space(output, needed, f"the results{what} of {len(todo)} cell(s)")
         try:
             if todo:
                 tasks = _tasks(config, state, manifest, todo, plans, digest, output, display)
@@ -267,6 +284,34 @@ def _result_bytes(manifest: Manifest) -> int:
     return int(manifest.is_test.sum()) * (longest + 40) + 256 * 1024
 
 
+def _at_once(config: Config, state: PartialState, cells: int, jobs: int | None, threads: int | None) -> int:
+    """How many cells train at the same time (at most)."""
+    if state.num_processes > 1:
+        return 1 if config.benchmark.parallel == "data" else cells
+    slots, _ = worker_slots(jobs or config.benchmark.jobs, threads or config.benchmark.threads, cells)
+    return len(slots)
+
+
+def _kept_bytes(config: Config, params: list[int], at_once: int) -> tuple[int, str]:
+    """A generous size of the checkpoints and model folders that cells to run will hold at most at one time, and
+    what they are (", checkpoints and models"), for the free-space check.
+
+    Args:
+        config: The benchmark, for its [benchmark] keep and checkpoint settings.
+        params: The parameter count of each cell to run.
+        at_once: Cells training at the same time.
+    """
+    weights = sorted((4 * n for n in params), reverse=True)  # fp32 bytes of each cell's weights, largest first
+    b = config.benchmark
+    # A checkpoint holds the weights and up to two optimizer moments, and briefly two epochs' while one is written.
+    training = sum(6 * w for w in weights[:at_once]) if b.checkpoint_every else 0
+    if b.keep_checkpoints:
+        training += sum(3 * w for w in weights[at_once:])
+    models = {"all": sum(weights), "best": sum(weights[: at_once + 1]), "none": 0}[b.keep_models]
+    what = [name for name, size in (("checkpoints", training), ("models", models)) if size]
+    return training + models, "".join(f", {name}" for name in what[:-1]) + (f" and {what[-1]}" if what else "")
+
+
 def _kept(config: Config, output: Path, digest: str, display: Display) -> tuple[list[RunResult], list[Cell]]:
     """Completed results stored with the same configuration, and the cells still to run."""
     kept, todo = [], []
@@ -308,7 +353,10 @@ def _tasks(
         pixels, cache_s, stats = caches[cell.settings.image_size]
         plan = plans[cell.id]
         stored = _stored_config(cell, config, digest)
-        tasks.append(CellTask(cell.id, stored, plan.precision, plan.weights, str(pixels.filename), stats, cache_s))
+        b = config.benchmark
+        keep = (b.checkpoint_every, b.keep_checkpoints, b.keep_models != "none")
+        pixels_file = str(pixels.filename)
+        tasks.append(CellTask(cell.id, stored, plan.precision, plan.weights, pixels_file, stats, cache_s, *keep))
     return tasks
 
 
@@ -331,10 +379,12 @@ def _run_here(
         display.start_run(cell)
         outcome = run_cell(cell, task, data, manifest, tracker, functools.partial(display.event, cell.id), output)
         if state.is_main_process:
-            save_result(output, outcome.result, outcome.predictions)
+            store(output, outcome, task)
         state.wait_for_everyone()
         results.append(outcome.result)
         display.end_run(outcome.result, outcome.trace)
+        if state.is_main_process:
+            _keep_best(config, output, Leaderboard.from_results(results))
     return results
 
 
@@ -442,6 +492,7 @@ def _run_in_workers(
             elif event.kind == "done":
                 results.append(event.result)
                 display.end_run(event.result, event.trace)
+                _keep_best(config, output, Leaderboard.from_results(results))
     finally:
         if world > 1:
             (make_folder(output / RANKS) / str(state.process_index)).write_text("done\n")
@@ -535,13 +586,44 @@ def _action(output: Path, cell: Cell, stored_config: dict[str, Any] | None) -> s
     )
 
 
+def _keep_best(config: Config, output: Path, board: Leaderboard) -> None:
+    """With keep_models = "best", remove the model folder of every cell but the leader of `board`.
+
+    Called as results come in (the cells of this command only, so at most the leader's and those of cells still in
+    training exist at a time), and once more when the leaderboard of every cell is written.
+    """
+    if config.benchmark.keep_models != "best":
+        return
+    for row in board.rows:
+        if row["rank"] != 1:
+            shutil.rmtree(run_dir(output, row["id"]) / MODEL, ignore_errors=True)
+            row["model_dir"] = None
+
+
 def _finish(config: Config, results: list[RunResult], output: Path, console: Console) -> None:
     board = Leaderboard.from_results(results, output)
+    _keep_best(config, output, board)
     board.write(output)
     console.print(board.table(title=f"{config.benchmark.name} — {output}", width=console.width))
     if (seeds := board.seed_table(console.width)) is not None:
         console.print(seeds)
+    if config.benchmark.keep_models != "none" and board.rows and board.rows[0]["rank"] == 1:
+        console.print(_models_line(output, board), highlight=False, markup=False)
     console.print(f"report: {write_report(output, board)}")
+
+
+def _models_line(output: Path, board: Leaderboard) -> str:
+    """Where the leader's model is (and how many others are kept), or why it has none."""
+    leader = board.rows[0]
+    if leader["model_dir"] is None:
+        path = run_dir(output, leader["id"]) / RESULT
+        return (
+            f"the leader {leader['id']} has no model folder (it completed in an earlier command that kept none); "
+            f"delete {path} and rerun to train it again and keep its model"
+        )
+    more = sum(1 for row in board.rows[1:] if row["model_dir"])
+    others = f" ({more} more under {output / RUNS}/<id>/{MODEL})" if more else ""
+    return f"model of the leader: {output / leader['model_dir']}{others}"
 
 
 def _record_skipped(config: Config, output: Path, results: list[RunResult], reason: str, digest: str) -> None:

@@ -57,6 +57,22 @@ class Capture:
         elif setting == "auto" and device.type != "cuda":
             self.note = "graphs: eager on a CPU (auto captures on a GPU only)"
 
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to carry on as this run would have: the decision so far and its costs."""
+        return {
+            "steps_left": self.steps_left, "timings": self.timings, "deciding": self.deciding,
+            "captured": self.compiled is not None, "note": self.note, "compile_s": self.compile_s,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state_dict()`: with `graphs = "auto"` on a GPU, the decision taken before is kept (a
+        captured run compiles again, and `compile_s` adds that cost)."""
+        self.steps_left, self.compile_s = state["steps_left"], state["compile_s"]
+        if self.deciding:
+            self.timings, self.deciding, self.note = list(state["timings"]), state["deciding"], state["note"]
+            if state["captured"]:
+                self._compile()
+
     def _compile(self) -> None:
         mode = "reduce-overhead" if self.device.type == "cuda" else "default"  # CUDA graphs need a GPU
         self.compiled = torch.compile(self.eager, mode=mode, dynamic=False)
@@ -116,5 +132,5 @@ class Capture:
             self.compiled = None
             self.note = f"graphs: capture failed, eager instead ({type(exc).__name__}: {str(exc).splitlines()[0]})"
             return run_step(self.eager)
-        self.compile_s = time.perf_counter() - started
+        self.compile_s += time.perf_counter() - started
         return loss

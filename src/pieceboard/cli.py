@@ -5,6 +5,7 @@ pieceboard leaderboard results/demo --format md
 pieceboard report results/demo
 pieceboard compare results/demo mlp@16px mlp@32px
 pieceboard prefetch benchmarks/all.toml
+pieceboard predict results/demo/runs/mlp@32px/model photos/ --top 3
 
 Each subcommand imports what it needs when it runs: torch, timm and the leaderboard's dependencies take seconds to
 load, and `pieceboard --help` or `--version` need none of them.
@@ -207,6 +208,35 @@ def _unreachable(server: str) -> str | None:
     return None
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from pieceboard._console import wide_console
+    from pieceboard._io import atomic_write_text
+    from pieceboard.predict import predict
+
+    console, errors = wide_console(), wide_console(stderr=True)
+    skipped: list[str] = []
+
+    def skip(reason: str) -> None:
+        skipped.append(reason)
+        errors.print(f"skipped {reason}", markup=False, highlight=False, soft_wrap=True)
+
+    rows = []
+    for row in predict(args.model_dir, args.paths, args.top, args.batch_size, on_skip=skip):
+        rows.append(row)
+        ranked = ", ".join(f"{entry['class']} {entry['probability']:.4f}" for entry in row["top"])
+        console.print(f"{row['path']}: {ranked}", markup=False, highlight=False, soft_wrap=True)
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(rows, indent=1) + "\n")
+        console.print(f"written to {args.json}", markup=False, highlight=False)
+    return 1 if skipped else 0
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def _parse_case(text: str) -> tuple[str, int]:
     model, sep, size = text.rpartition("@")
     if not sep or not size.isdigit():
@@ -321,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     speed.add_argument("--output", default="results/throughput.json", help="JSON report path")
     speed.set_defaults(handler=_throughput)
+    guess = sub.add_parser(
+        "predict", help="classify images with a kept model, preprocessed exactly as its cell was trained and tested"
+    )
+    guess.add_argument("model_dir", metavar="MODEL_DIR", help="a kept model: OUTPUT/runs/<id>/model")
+    guess.add_argument("paths", metavar="PATH", nargs="+", help="image files, or folders of them (recursively)")
+    guess.add_argument("--top", type=_positive, default=1, metavar="K", help="the K most probable classes (default 1)")
+    guess.add_argument("--json", metavar="FILE", help="also write the predictions as a JSON list")
+    guess.add_argument("--batch-size", type=_positive, metavar="N", help="images per batch (default: the cell's)")
+    guess.set_defaults(handler=_predict)
     return parser
 
 

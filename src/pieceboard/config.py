@@ -81,6 +81,15 @@ class BenchmarkTable(_Table):
         description="Under a multi-process launch: data = every process trains each cell together; cells = each "
         "process runs its own share of the cells.",
     )
+    # How cells are kept, not what they train: here rather than among the settings, so that changing one never makes
+    # a stored result "different" and it is no matrix axis.
+    checkpoint_every: int = Field(
+        1, ge=0, description="Epochs between checkpoints of a cell in training (resumed after a kill); 0: none."
+    )
+    keep_checkpoints: bool = Field(False, description="Keep each cell's last checkpoint after it completes.")
+    keep_models: Literal["best", "all", "none"] = Field(
+        "best", description="Which trained models are kept as timm folders: the leader's, every cell's, or none."
+    )
 
 
 class DataTable(_Table):

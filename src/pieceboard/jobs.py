@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,13 +30,16 @@ from typing import Any
 import numpy as np
 
 from pieceboard._console import STOP, check_stop
+from pieceboard._io import StorageError
 from pieceboard.batches import RESIDENT_SHARE
+from pieceboard.checkpoint import Checkpoints
 from pieceboard.config import Cell, load_config
 from pieceboard.data import Manifest, load_manifest
 from pieceboard.device import make_accelerator
-from pieceboard.results import RunResult, save_result
+from pieceboard.models import save_model_folder
+from pieceboard.results import CHECKPOINT, MODEL, RunResult, comparable_config, run_dir, save_result
 from pieceboard.tracking import Tracker
-from pieceboard.train import NonFiniteLoss, RunData, fit
+from pieceboard.train import FitOutcome, NonFiniteLoss, RunData, fit
 
 # Variables through which torchrun and accelerate tell a process it is one rank of many; a worker runs its cell
 # alone, so it must not see them.
@@ -71,6 +75,9 @@ class CellTask:
     pixels: str  # the cache's pixels.npy
     mean_std: list[list[float]] | None  # the training split's, for scratch runs
     cache_s: float
+    checkpoint_every: int = 1  # [benchmark] checkpoint_every
+    keep_checkpoint: bool = False  # [benchmark] keep_checkpoints
+    keep_model: bool = True  # write runs/<id>/model when the cell completes ([benchmark] keep_models is not "none")
 
 
 @dataclass
@@ -106,12 +113,21 @@ def run_cell(
 ) -> Outcome:
     """Fit one cell under a fresh Accelerator; an exception becomes a failed result, so that the matrix goes on.
 
+    The cell resumes from its checkpoint when it has a usable one, checkpoints as it trains, and, when it completes,
+    writes its model folder (`task.keep_model`; a full disk then costs the folder, not the result).
+
     Raises:
         KeyboardInterrupt: A stop was requested (Ctrl-C, SIGTERM).
         Exception: With several processes, any failure but a divergence (the other processes wait in a
             collective, so the job must end; the failure is recorded first by the main process).
     """
     accelerator = make_accelerator(task.precision)
+    folder = run_dir(output, cell.id)
+    if accelerator.is_main_process:  # a model of an earlier configuration of this cell must not outlive its result
+        shutil.rmtree(folder / MODEL, ignore_errors=True)
+    checkpoints = Checkpoints(
+        folder / CHECKPOINT, cell.id, comparable_config(task.stored_config), task.precision, task.checkpoint_every
+    )
     tracker.start(cell.id, task.stored_config)
 
     def log(event: dict[str, Any]) -> None:
@@ -119,7 +135,7 @@ def run_cell(
         on_event(event)
 
     try:
-        outcome = fit(cell, data, accelerator, weights_file=task.weights, log=log)
+        outcome = fit(cell, data, accelerator, weights_file=task.weights, log=log, checkpoints=checkpoints)
     except Exception as exc:
         tracker.finish(failed=True)
         message = f"{type(exc).__name__}: {exc}".strip()
@@ -134,6 +150,14 @@ def run_cell(
         return Outcome(failed, trace=traceback.format_exc(limit=-3))
     finally:
         accelerator.free_memory()
+    if task.keep_model and accelerator.is_main_process:
+        try:
+            _keep_model(cell, outcome, manifest.class_names, folder / MODEL)
+        except StorageError as exc:
+            note = f"model of {cell.id} not kept: {exc}"
+            outcome.notes.append(note)
+            on_event({"event": "note", "text": note})
+    outcome.model = None
     tracker.finish(outcome.metrics | {"train_img_s": outcome.train_img_s, "params": outcome.params})
     measured = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(RunResult) if hasattr(outcome, f.name)}
     result = RunResult(id=cell.id, status="completed", config=task.stored_config, cache_s=task.cache_s, **measured)
@@ -143,6 +167,28 @@ def run_cell(
         for i, p, c in zip(data.test_indices, outcome.predictions, outcome.confidence, strict=True)
     ]
     return Outcome(result, rows)
+
+
+def _keep_model(cell: Cell, outcome: FitOutcome, class_names: list[str], folder: Path) -> None:
+    """The trained model as a timm folder, with what `pieceboard predict` needs to preprocess as the cell did."""
+    transform = outcome.transform
+    about = {
+        "run": cell.id,
+        "transform": {key: transform[key] for key in ("resize", "normalize")},
+        "precision": outcome.precision,
+        "channels_last": outcome.channels_last,
+        "batch_size": cell.settings.batch_size,
+        "metrics": {key: outcome.metrics[key] for key in ("accuracy", "f1_macro")},
+    }
+    mean_std = (transform["mean"], transform["std"])
+    save_model_folder(outcome.model, folder, cell.model, class_names, cell.settings.image_size, mean_std, about)
+
+
+def store(output: Path, outcome: Outcome, task: CellTask) -> None:
+    """Save a cell's result files; then a completed cell's checkpoint is removed, unless it is to be kept."""
+    save_result(output, outcome.result, outcome.predictions)
+    if outcome.result.status == "completed" and not task.keep_checkpoint:
+        shutil.rmtree(run_dir(output, task.cell_id) / CHECKPOINT, ignore_errors=True)
 
 
 # --- a worker process ---------------------------------------------------------------------------------------------
@@ -195,7 +241,7 @@ def worker_main(events_fd: int) -> None:
                 tracker.finish(failed=True)
                 send("stopped", cell_id=task.cell_id)
                 return
-            save_result(output, outcome.result, outcome.predictions)
+            store(output, outcome, task)
             send("done", cell_id=task.cell_id, result=outcome.result.to_dict(), trace=outcome.trace)
 
 

@@ -12,7 +12,8 @@ It is derived from the stored files alone and never changes them. Beyond the sto
 - time to accuracy: training seconds and epochs until test accuracy first reached a fraction of the run's best;
 - cost: `latency_ms`, `peak_mem_mb` beside parameters, FLOPs and throughput, and the Pareto front of F1 and latency;
 - guardrails: rows trained or scored under other conditions than most rows (split, epochs, augmentation,
-  evaluation transform) say so.
+  evaluation transform) say so;
+- `model_dir`: where the cell's trained model is kept, when it is.
 """
 
 from __future__ import annotations
@@ -39,7 +40,17 @@ from rich.text import Text
 from pieceboard._io import atomic_write_text
 from pieceboard.data import MANIFEST_META, leaked_test_paths
 from pieceboard.metrics import RESAMPLES, SEED, mean_ci, paired_f1_test, paired_t_pvalue, score_predictions
-from pieceboard.results import PREDICTIONS, RunResult, comparable_config, load_predictions, load_results, run_dir
+from pieceboard.results import (
+    MODEL,
+    PREDICTIONS,
+    RUNS,
+    RunResult,
+    comparable_config,
+    kept_model,
+    load_predictions,
+    load_results,
+    run_dir,
+)
 
 ALPHA = 0.05  # level of the paired tests against the leader: p >= ALPHA is "tied with the leader"
 ONE_CLASS_SHARE = 0.95  # a run that gives one class to this share of the test images (or more) is flagged
@@ -147,6 +158,7 @@ def _row(result: RunResult, acc_fraction: float) -> dict[str, Any]:
         row[key] = None  # filled in from the stored files when they allow it
     row["tied_with_best"] = row["pareto"] = row["guardrail"] = None
     row["flag"] = degenerate(result) if result.status == "completed" else None
+    row["model_dir"] = None  # runs/<id>/model, relative to the output folder, when the cell's model is kept
     return row
 
 
@@ -756,6 +768,9 @@ class Leaderboard:
             raise ValueError(f"acc_fraction must be in (0, 1], got {acc_fraction}")
         rows = [_row(r, acc_fraction) for r in results]
         checked = _check_rows(Path(output), results, rows) if output is not None else {}
+        for row in rows:
+            if output is not None and row["status"] == "completed" and kept_model(Path(output), row["id"]):
+                row["model_dir"] = f"{RUNS}/{row['id']}/{MODEL}"
         rows = _rank(rows)
         by_id = {r.id: r for r in results}
         notes = guardrails(by_id[row["id"]] for row in rows if row["status"] == "completed")

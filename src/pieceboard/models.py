@@ -2,6 +2,7 @@
 
     import timm, pieceboard
     mlp = timm.create_model("pieceboard_mlp", num_classes=18, img_size=50)
+    kept = timm.create_model("local-dir:results/demo/runs/mlp@16px/model", pretrained=True)  # a model folder
 
 Fine-tune modes: `scratch` (random init, everything trains), `finetune` (pretrained, everything trains),
 `linear_probe` (pretrained, only the classifier trains; the frozen backbone's BatchNorm layers stay in eval mode,
@@ -11,17 +12,21 @@ so their running statistics remain the pretrained ones).
 from __future__ import annotations
 
 import functools
+import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
+from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, register_model
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pieceboard._io import StorageError, require_space, staged_folder
 from pieceboard.config import MLP_NAME, PieceboardError, is_mlp
 
 MLP_WIDTHS = (1024, 512, 256, 128, 64)  # five hidden layers + the classifier = six fully-connected layers
@@ -35,13 +40,19 @@ class PieceboardMLP(nn.Module):
     """Six fully-connected layers with ReLU between them, on the flattened image (the original study's MLP)."""
 
     def __init__(
-        self, num_classes: int = 1000, img_size: int = 50, in_chans: int = 3, widths: tuple[int, ...] = MLP_WIDTHS
+        self,
+        num_classes: int = 1000,
+        img_size: int | tuple[int, int] = 50,
+        in_chans: int = 3,
+        widths: tuple[int, ...] = MLP_WIDTHS,
     ):
         super().__init__()
         self.num_classes = num_classes
         self.num_features = widths[-1]
+        # A side, or (height, width) as timm records it in a model folder's config.json.
+        height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
         layers: list[nn.Module] = [nn.Flatten()]
-        width_in = in_chans * img_size * img_size
+        width_in = in_chans * height * width
         for width in widths:
             layers += [nn.Linear(width_in, width), nn.ReLU(inplace=True)]
             width_in = width
@@ -76,6 +87,7 @@ default_cfgs = {
         "std": IMAGENET_DEFAULT_STD,
         "first_conv": None,
         "classifier": "head",
+        "fixed_input_size": True,  # the first layer's width is the number of pixels
         "architecture": MLP_NAME,
     }
 }
@@ -203,6 +215,7 @@ class Probe:
     feature_map: int | None  # side of the last feature map; None when the features are not a map (MLP, ViT)
     strided_conv_on_one_pixel: bool  # a 3x3 stride-2 convolution sees a 1x1 map (see `device.resolve_precision`)
     gflops: float  # forward pass of one image
+    params: int  # with a 2-class head: what checkpoints and model folders of it will hold, give or take the head
 
 
 @functools.lru_cache(maxsize=128)
@@ -232,7 +245,7 @@ def probe(model_name: str, image_size: int) -> Probe:
             raise PieceboardError(f"{model_name} cannot take {image_size} px images: {message}") from None
     depthwise = any(c.groups > 1 and c.groups == c.in_channels for c in convs)
     feature_map = int(features.shape[-1]) if features.ndim == 4 else None
-    return Probe(depthwise, feature_map, bool(single_pixel), gflops)
+    return Probe(depthwise, feature_map, bool(single_pixel), gflops, count_parameters(model))
 
 
 def count_gflops(model: nn.Module, image_size: int, device: torch.device | str) -> float:
@@ -256,3 +269,70 @@ def normalization(
         return dataset_mean_std
     cfg = timm.data.resolve_data_config({}, model=model)
     return list(cfg["mean"]), list(cfg["std"])
+
+
+# --- model folders ----------------------------------------------------------------------------------------------
+
+MODEL_CONFIG = "config.json"
+MODEL_WEIGHTS = "model.safetensors"
+# Of timm's pretrained config, what describes the architecture; the rest (the source checkpoint's tag, licence,
+# test-time size) described weights that training replaced.
+_ARCHITECTURE_KEYS = ("architecture", "first_conv", "classifier", "fixed_input_size")
+
+
+def save_model_folder(
+    model: nn.Module,
+    folder: Path,
+    model_name: str,
+    class_names: list[str],
+    image_size: int,
+    mean_std: tuple[list[float], list[float]],
+    pieceboard: dict,
+) -> None:
+    """Write a trained model in timm's Hugging Face layout, `config.json` + `model.safetensors`, replacing `folder`.
+
+    `timm.create_model(f"local-dir:{folder}", pretrained=True)` builds it again (after `import pieceboard.models`
+    for the MLP), and `timm.data.resolve_data_config` gives pieceboard's preprocessing: a squash resize
+    (`crop_mode="squash"`, `crop_pct=1.0`, bilinear) to `image_size`, and the run's mean and std.
+
+    Args:
+        model: The trained model (unwrapped); it is not changed.
+        folder: Where the folder goes (`runs/<id>/model`).
+        model_name: Its timm name, as built.
+        class_names: Label names, in class-index order.
+        image_size: The square input size it was trained and tested at.
+        mean_std: The normalisation it was trained and tested with.
+        pieceboard: What `pieceboard predict` needs beyond timm's fields (run id, resize, precision, layout).
+
+    Raises:
+        StorageError: The disk has too little room (checked first) or filled up; nothing partial is left.
+    """
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    size = sum(t.numel() * t.element_size() for t in state.values())
+    require_space(folder.parent, size + (1 << 20), f"the model of {pieceboard.get('run', model_name)}")
+    # A fresh CPU copy built the way local-dir rebuilds it: contiguous tensors (safetensors refuses channels_last
+    # ones) and timm's record of the construction arguments.
+    kwargs: dict = {"num_classes": len(class_names)} | ({"img_size": image_size} if is_mlp(model_name) else {})
+    export = timm.create_model(model_name, pretrained=False, **kwargs)
+    export.load_state_dict(state)
+    cfg = {key: export.pretrained_cfg[key] for key in _ARCHITECTURE_KEYS if key in export.pretrained_cfg}
+    export.pretrained_cfg = cfg | {
+        "input_size": (3, image_size, image_size),
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "crop_mode": "squash",
+        "mean": tuple(mean_std[0]),
+        "std": tuple(mean_std[1]),
+    }
+    config = {"label_names": list(class_names), "pieceboard": pieceboard}
+    if is_mlp(model_name):  # timm records it on its own since 1.0.2x; older versions read it from here
+        config["model_args"] = kwargs
+    if folder.exists():  # an earlier model of this cell: replaced as a whole
+        shutil.rmtree(folder)
+    try:
+        with staged_folder(folder, note=json.dumps({"run": pieceboard.get("run")})) as tmp:
+            timm.models.save_for_hf(export, str(tmp), model_config=config, safe_serialization=True)
+            # safetensors writes its file 0600; give it what the umask gave config.json, as every file here gets
+            os.chmod(tmp / MODEL_WEIGHTS, (tmp / MODEL_CONFIG).stat().st_mode & 0o777)
+    except SafetensorError as exc:  # safetensors' own error for a failed write, e.g. a disk that filled meanwhile
+        raise StorageError(f"cannot write {folder}: {exc}") from None

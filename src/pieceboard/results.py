@@ -18,13 +18,15 @@ from typing import Any
 
 import pydantic
 
-from pieceboard._io import atomic_write_text
+from pieceboard._io import atomic_write_text, is_complete
 
 RUNS = "runs"
 RESULT = "result.json"
 PREDICTIONS = "predictions.csv"
 # confidence came later: rows of four (and folders written before it) have none, and every reader copes.
 PREDICTION_COLUMNS = ("index", "path", "label", "prediction", "confidence")
+CHECKPOINT = "checkpoint"  # runs/<id>/checkpoint/: the last finished epoch of a cell in training
+MODEL = "model"  # runs/<id>/model/: a kept model in timm's layout (pieceboard.models.save_model_folder)
 STATUSES = ("completed", "failed", "skipped", "corrupt")
 # Settings that change how a cell runs but not what it trains or scores: a stored result is kept whatever they were.
 EXECUTION_KEYS = ("graphs",)
@@ -90,6 +92,12 @@ _ADAPTER = pydantic.TypeAdapter(RunResult)
 def run_dir(output: Path, run_id: str) -> Path:
     """The folder of one cell's files."""
     return output / RUNS / run_id
+
+
+def kept_model(output: Path, run_id: str) -> Path | None:
+    """The cell's model folder (`runs/<id>/model`) when one was written completely, else None."""
+    folder = run_dir(output, run_id) / MODEL
+    return folder if is_complete(folder) else None
 
 
 def save_result(output: Path, result: RunResult, predictions: list[tuple] | None = None) -> None:

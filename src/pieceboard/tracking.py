@@ -64,7 +64,7 @@ class Tracker:
 
     def log(self, event: dict[str, Any]) -> None:
         """Log a train-loss event or an epoch's evaluation, at the optimizer update it happened."""
-        if self.run is None:
+        if self.run is None or event["event"] == "note":  # a note (a resume) is a line for a person, not a figure
             return
         step = event["update"]
         if event["event"] == "train":

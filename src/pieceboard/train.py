@@ -3,9 +3,10 @@
     accelerator = make_accelerator("auto")          # from pieceboard.device
     outcome = fit(cell, run_data, accelerator, weights_file=None, log=print)
 
-The loop in one breath: seed, build the timm model, prepare it with the optimizer, then per epoch train on whole
-batches from the decode-once cache and evaluate the full test split exactly once (every process scores its own
-shard; the shards are gathered, checked for completeness and scored on every process).
+The loop in one breath: seed, build the timm model, prepare it with the optimizer, resume from the cell's checkpoint
+if it has one (`pieceboard.checkpoint`), then per epoch train on whole batches from the decode-once cache, evaluate
+the full test split exactly once (every process scores its own shard; the shards are gathered, checked for
+completeness and scored on every process) and checkpoint.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pieceboard._console import check_stop
 from pieceboard._image import RESIZE_METHOD
 from pieceboard.batches import RESIDENT_SHARE, BatchLoader, augment, resident_copy, to_float
 from pieceboard.capture import Capture
+from pieceboard.checkpoint import Checkpoints, Progress
 from pieceboard.config import Cell, PieceboardError
 from pieceboard.device import (
     cpu_has_bf16,
@@ -89,6 +91,7 @@ class FitOutcome:
     train_log: list[dict[str, float]]
     notes: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
+    model: torch.nn.Module | None = field(default=None, repr=False)  # the trained model (unwrapped), to keep
 
 
 class NonFiniteLoss(RuntimeError):
@@ -345,6 +348,7 @@ def fit(
     accelerator: Accelerator,
     weights_file: str | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> FitOutcome:
     """Train one cell and evaluate it after every epoch.
 
@@ -354,7 +358,8 @@ def fit(
         accelerator: From `device.make_accelerator`, with the run's precision.
         weights_file: Pretrained weights (from `models.resolve_weights`) unless the mode is scratch.
         log: Receives `{"event": "train", ...}` every `log_every` batches and `{"event": "epoch", ...}` per epoch;
-            both count epochs from 1.
+            both count epochs from 1. `{"event": "note", "text": ...}` is a line for a person (a resume).
+        checkpoints: Where the cell resumes from and checkpoints to (`pieceboard.checkpoint`); None for neither.
 
     Returns:
         Metrics of the last epoch, per-epoch history, costs and the test predictions.
@@ -362,22 +367,20 @@ def fit(
     log = log or (lambda _: None)
     reset_peak_memory(accelerator.device)
     run = setup(cell, data, accelerator, weights_file)
-    history: list[dict[str, float]] = []
-    train_log: list[dict[str, float]] = []
-    train_s = eval_s = wait_s = 0.0
-    trained_images = update = 0
-    started = time.perf_counter()
-    for epoch in range(1, cell.settings.epochs + 1):
-        stats = train_one_epoch(run, cell, accelerator, epoch, update, log)
-        update = stats.update
-        train_log += stats.log
-        train_s, wait_s, trained_images = train_s + stats.seconds, wait_s + stats.wait_s, trained_images + stats.images
+    progress = (checkpoints.resume(run, accelerator, log) if checkpoints else None) or Progress()
+    started = time.perf_counter() - (progress.history[-1]["elapsed_s"] if progress.history else 0.0)
+    for epoch in range(progress.epoch + 1, cell.settings.epochs + 1):
+        stats = train_one_epoch(run, cell, accelerator, epoch, progress.update, log)
+        progress.update = stats.update
+        progress.train_log += stats.log
+        progress.train_s, progress.wait_s = progress.train_s + stats.seconds, progress.wait_s + stats.wait_s
+        progress.trained_images += stats.images
         eval_start = time.perf_counter()
         positions, predictions, losses, confidence = evaluate(
             run.model, run.test_loader, accelerator, run.mean_std, data.test_indices, run.channels_last, run.capture
         )
         synchronize(accelerator.device)
-        eval_s += time.perf_counter() - eval_start
+        progress.eval_s += time.perf_counter() - eval_start
         scores = classification_metrics(predictions, data.labels[positions], len(data.class_names), data.class_names)
         entry = {
             "epoch": epoch,
@@ -389,14 +392,18 @@ def fit(
             "train_s": stats.seconds,
             "elapsed_s": time.perf_counter() - started,
         }
-        history.append(entry)
-        log({"event": "epoch", "update": update, **entry})
+        progress.history.append(entry)
+        progress.epoch = epoch
+        log({"event": "epoch", "update": progress.update, **entry})
+        if checkpoints:
+            checkpoints.save(run, accelerator, progress, log)
 
+    history = progress.history
     metrics = {k: scores[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro")}
     metrics |= {"test_loss": history[-1]["test_loss"], "train_loss": history[-1]["train_loss"]}
     # predictions come back sorted by manifest position; store them in test_indices order.
     order = np.searchsorted(positions, data.test_indices)
-    peak = peak_memory_mb(accelerator.device)  # before the latency runs, which only need less
+    peak = max(progress.peak_mem_mb, peak_memory_mb(accelerator.device))  # before the latency runs (they need less)
     normalize = "dataset" if cell.mode == "scratch" else "pretrained"
     return FitOutcome(
         metrics=metrics,
@@ -406,10 +413,10 @@ def fit(
         params=run.params,
         trainable_params=run.trainable_params,
         gflops=run.gflops,
-        train_s=train_s,
-        train_img_s=trained_images / train_s if train_s else 0.0,
-        eval_img_s=len(data.test_indices) * cell.settings.epochs / eval_s if eval_s else 0.0,
-        data_wait_s=wait_s,
+        train_s=progress.train_s,
+        train_img_s=progress.trained_images / progress.train_s if progress.train_s else 0.0,
+        eval_img_s=len(data.test_indices) * cell.settings.epochs / progress.eval_s if progress.eval_s else 0.0,
+        data_wait_s=progress.wait_s,
         n_train=len(data.train_indices),
         n_test=len(positions),
         predictions=predictions[order],
@@ -420,9 +427,10 @@ def fit(
         peak_mem_mb=peak,
         compile_s=run.capture.compile_s,
         transform={"resize": RESIZE_METHOD, "normalize": normalize, "mean": run.mean_std[0], "std": run.mean_std[1]},
-        train_log=train_log,
-        notes=[run.capture.note] if run.capture.note else [],
+        train_log=progress.train_log,
+        notes=([run.capture.note] if run.capture.note else []) + progress.notes,
         environment=environment(accelerator),
+        model=accelerator.unwrap_model(run.model),
     )
 
 
