@@ -26,7 +26,7 @@ from timm.models import build_model_with_cfg, register_model
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pieceboard._io import StorageError, require_space, staged_folder
+from pieceboard._io import StorageError, make_folder, require_space, staged_folder
 from pieceboard.config import MLP_NAME, PieceboardError, is_mlp
 
 MLP_WIDTHS = (1024, 512, 256, 128, 64)  # five hidden layers + the classifier = six fully-connected layers
@@ -309,7 +309,7 @@ def save_model_folder(
     """
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     size = sum(t.numel() * t.element_size() for t in state.values())
-    require_space(folder.parent, size + (1 << 20), f"the model of {pieceboard.get('run', model_name)}")
+    require_space(make_folder(folder.parent), size + (1 << 20), f"the model of {pieceboard.get('run', model_name)}")
     # A fresh CPU copy built the way local-dir rebuilds it: contiguous tensors (safetensors refuses channels_last
     # ones) and timm's record of the construction arguments.
     kwargs: dict = {"num_classes": len(class_names)} | ({"img_size": image_size} if is_mlp(model_name) else {})

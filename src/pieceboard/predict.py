@@ -65,7 +65,7 @@ class Transform:
 
     def __call__(self, image: str | os.PathLike[str] | Image.Image) -> torch.Tensor:
         """One image (a file or a PIL image) as a normalised float tensor (3, image_size, image_size)."""
-        return self.normalize(torch.from_numpy(self.pixels(image))[None])[0]
+        return self.normalize(torch.from_numpy(np.stack([self.pixels(image)])))[0]
 
 
 def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:

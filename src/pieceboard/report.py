@@ -579,6 +579,9 @@ def _page(
         "<p>Settings and the other costs of each run:</p>",
         _table(details, board.rows, "details", link=False),
     ]
+    if kept := [row for row in board.rows if row.get("model_dir")]:
+        where = ", ".join(f"{html.escape(row['id'])}: <code>{html.escape(row['model_dir'])}</code>" for row in kept)
+        parts.append(f"<p>Kept models, in this folder (<code>pieceboard predict FOLDER IMAGES</code>): {where}.</p>")
     if gallery:
         parts += ['<h2 id="mistakes">Mistakes</h2>', *gallery]
     if board.seeds:
