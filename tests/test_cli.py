@@ -89,6 +89,7 @@ def test_exports_resolve_lazily_and_are_listed() -> None:
 
 def test_help_and_version_import_nothing_heavy() -> None:
     argvs = [["--help"], ["--version"], ["leaderboard", "--help"], ["prefetch", "--help"], ["throughput", "--help"]]
+    argvs.append(["predict", "--help"])
     proc = _python("-c", PROBE, json.dumps(argvs), json.dumps(HEAVY))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.splitlines()[-1])

@@ -7,6 +7,7 @@ that the test stays fast.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -68,13 +69,20 @@ def test_readme_commands_work_as_written_and_keep_earlier_results(tmp_path):
     demo = _run(_demo_command(), tmp_path, folder)
     assert "report: results/demo/report.html" in demo.stdout
     before = _stamps(tmp_path / "results" / "demo")
-    # Your own images: check-data, bench into its own folder, compare two of its runs.
+    # Your own images: check-data, bench into its own folder, compare two of its runs, predict with the winner.
     own = _commands("Your own images")
-    assert [c[1] for c in own] == ["check-data", "bench", "compare"]
-    for argv in own:
+    assert [c[1] for c in own] == ["check-data", "bench", "compare", "predict"]
+    for argv in own[:3]:
         proc = _run(argv, tmp_path, folder)
     assert "is better than" in proc.stdout or "are not shown apart" in proc.stdout
-    assert (tmp_path / "results" / "my-images" / "leaderboard.json").exists()
+    board = json.loads((tmp_path / "results" / "my-images" / "leaderboard.json").read_text())
+    predict = own[3]
+    assert predict[2] == "results/my-images/runs/resnet18-scratch@32px/model"
+    # The winner of this small run may be another cell than the README's: its folder, as the benchmark named it.
+    predict[2] = f"results/my-images/{board[0]['model_dir']}"
+    proc = _run(predict, tmp_path, folder)
+    images = [p for p in folder.rglob("*.png")]
+    assert len(proc.stdout.splitlines()) == len(images) and proc.stdout.startswith(f"{folder}/class_a/")
     # As a library: the snippet, with the same small settings.
     [snippet] = _blocks("As a library", "python")
     assert 'overrides=["defaults.epochs=1"]' in snippet and "data.path=/data/onepiece" in snippet
