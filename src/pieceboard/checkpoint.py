@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,7 +116,7 @@ class Checkpoints:
     def __init__(self, folder: Path, run_id: str, config: dict[str, Any], precision: str, every: int):
         self.folder, self.run_id, self.config, self.precision, self.every = folder, run_id, config, precision, every
 
-    def _describe(self, accelerator: Accelerator) -> dict[str, Any]:
+    def _identity(self, accelerator: Accelerator) -> dict[str, Any]:
         """What must match between the process that saved and the one that resumes."""
         return {
             "config": self.config, "processes": accelerator.num_processes, "device": accelerator.device.type,
@@ -161,7 +160,7 @@ class Checkpoints:
         name = f"epoch-{epoch}.pt"
         atomic_write_bytes(self.folder / name, data)
         state = {"epoch": epoch, "id": self.run_id, "file": name, "bytes": data.nbytes}
-        state |= self._describe(accelerator) | {"progress": asdict(progress)}
+        state |= self._identity(accelerator) | {"progress": asdict(progress)}
         atomic_write_text(self.folder / STATE, json.dumps(state, indent=1, allow_nan=True) + "\n")  # the commit
         for stale in self.folder.iterdir():  # earlier epochs, and temporary files of a write that was killed
             if stale.name not in (name, STATE):
@@ -178,7 +177,7 @@ class Checkpoints:
             epoch = int(state["epoch"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             return None, f"its {STATE} is unreadable ({type(exc).__name__}: {exc})"
-        current = self._describe(accelerator)
+        current = self._identity(accelerator)
         if changed := _differences(stored["config"], current["config"]):
             return None, f"it was made with another configuration or data ({', '.join(changed)} differ)"
         for key in ("processes", "device", "precision"):
@@ -225,7 +224,3 @@ class Checkpoints:
         progress.notes.append(f"resumed from the checkpoint of epoch {progress.epoch}")
         log({"event": "note", "text": f"resumed {self.run_id} from epoch {progress.epoch}"})
         return progress
-
-    def remove(self) -> None:
-        """Delete the checkpoint (the cell completed)."""
-        shutil.rmtree(self.folder, ignore_errors=True)

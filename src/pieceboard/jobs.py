@@ -76,7 +76,7 @@ class CellTask:
     mean_std: list[list[float]] | None  # the training split's, for scratch runs
     cache_s: float
     checkpoint_every: int = 1  # [benchmark] checkpoint_every
-    keep_checkpoint: bool = False  # [benchmark] keep_checkpoints
+    keep_checkpoints: bool = False  # [benchmark] keep_checkpoints
     keep_model: bool = True  # write runs/<id>/model when the cell completes ([benchmark] keep_models is not "none")
 
 
@@ -187,7 +187,7 @@ def _keep_model(cell: Cell, outcome: FitOutcome, class_names: list[str], folder:
 def store(output: Path, outcome: Outcome, task: CellTask) -> None:
     """Save a cell's result files; then a completed cell's checkpoint is removed, unless it is to be kept."""
     save_result(output, outcome.result, outcome.predictions)
-    if outcome.result.status == "completed" and not task.keep_checkpoint:
+    if outcome.result.status == "completed" and not task.keep_checkpoints:
         shutil.rmtree(run_dir(output, task.cell_id) / CHECKPOINT, ignore_errors=True)
 
 
