@@ -44,6 +44,18 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 12, seed: i
 
 
 @pytest.fixture
+def small_disk(tmp_path: Path) -> Path:
+    """A 24 MB tmpfs, for full disks (needs the right to mount, as root in a container has; skipped elsewhere)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24M", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images")
 

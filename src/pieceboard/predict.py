@@ -86,9 +86,10 @@ def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
         raise PieceboardError(f"{folder}: not a model folder (no {MODEL_CONFIG} and {MODEL_WEIGHTS}){hint}")
     try:
         config = json.loads((folder / MODEL_CONFIG).read_text(encoding="utf-8"))
-        about = config["pieceboard"]
+        about, cfg = config["pieceboard"], config["pretrained_cfg"]
         resize = about["transform"]["resize"]
-        _ = config["pretrained_cfg"]["input_size"], config["pretrained_cfg"]["mean"], config["label_names"]
+        _ = about["precision"], about["channels_last"], about["batch_size"], config["label_names"]
+        _ = cfg["input_size"], cfg["mean"], cfg["std"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PieceboardError(f"{folder / MODEL_CONFIG}: not a model folder written by pieceboard ({exc!r})") from None
     if not is_complete(folder):
