@@ -28,7 +28,6 @@ from PIL import Image
 
 from pieceboard._console import PieceboardError
 from pieceboard._image import RESIZE_METHOD, ImageError, load_rgb, squash, to_rgb
-from pieceboard._io import is_complete
 from pieceboard.batches import to_float
 from pieceboard.models import MODEL_CONFIG, MODEL_WEIGHTS
 
@@ -92,8 +91,6 @@ def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
         _ = cfg["input_size"], cfg["mean"], cfg["std"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PieceboardError(f"{folder / MODEL_CONFIG}: not a model folder written by pieceboard ({exc!r})") from None
-    if not is_complete(folder):
-        raise PieceboardError(f"{folder}: an incomplete model folder (its writer was stopped); rerun its cell")
     if resize != RESIZE_METHOD:
         raise PieceboardError(
             f"{folder}: its cell resized images with {resize!r}, this pieceboard with {RESIZE_METHOD!r}; its "
@@ -115,7 +112,7 @@ def load_model(
         device: Where to put the model; default the GPU when there is one (as accelerate picks), else the CPU.
 
     Returns:
-        (model, transform): `model(transform(path).unsqueeze(0))` gives the logits of one image.
+        (model, transform): `model(transform(path).unsqueeze(0).to(device))` gives the logits of one image.
 
     Raises:
         PieceboardError: `folder` is not a model folder written by pieceboard.
