@@ -186,6 +186,10 @@ def test_checkpoints_are_taken_every_n_epochs_and_kept_when_asked(tmp_path, imag
     checkpoint = tmp_path / "out" / "runs" / "mlp" / "checkpoint"
     assert json.loads((checkpoint / STATE).read_text())["epoch"] == 4  # after epochs 2 and 4; never after the last
     assert sorted(p.name for p in checkpoint.iterdir()) == ["epoch-4.pt", STATE]
+    # Not to be kept any more: the completed cell is kept (not rerun), its checkpoint goes.
+    again = cli("bench", bench, "--output", "out", "--set", "benchmark.keep_checkpoints=false", cwd=tmp_path)
+    assert again.returncode == 0 and "kept mlp (completed earlier)" in again.stdout
+    assert not checkpoint.exists()
 
     bench = write_benchmark(tmp_path / "c.toml", image_folder, MLP)
     _with_benchmark_keys(bench, "checkpoint_every = 0")

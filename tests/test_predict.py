@@ -222,6 +222,11 @@ lr = [0.001, 0.000001]
     assert proc.returncode == 0
     assert not list((tmp_path / "none" / "runs").glob("*/model")) and "model of the leader" not in proc.stdout
     assert all(row["model_dir"] is None for row in json.loads((tmp_path / "none" / "leaderboard.json").read_text()))
+    # Kept cells are not trained again for a model: the leader has none, and the benchmark says how to get one.
+    proc = cli("bench", bench, "--output", "none", cwd=tmp_path)
+    leader = json.loads((tmp_path / "none" / "leaderboard.json").read_text())[0]["id"]
+    assert proc.returncode == 0 and f"kept {leader} (completed earlier)" in proc.stdout
+    assert f"the leader {leader} has no model folder (it completed in an earlier command that kept none)" in proc.stdout
 
 
 def test_a_model_that_does_not_fit_is_one_line_and_nothing_partial(small_disk, monkeypatch):
