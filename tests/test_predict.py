@@ -83,6 +83,10 @@ def test_predict_on_the_test_images_gives_predictions_csv(benchmark, run, cli, t
     expected = _expected(output, run)
     assert len(expected) == 12
     assert {path: got[path]["class"] for path in expected} == expected
+    with open(output / "runs" / run / "predictions.csv", newline="") as f:
+        confidence = {row["path"]: float(row["confidence"]) for row in csv.DictReader(f)}
+    for path, value in confidence.items():  # the same probability, up to the float sums of another batch grouping
+        assert got[path]["probability"] == pytest.approx(value, abs=1e-3), path
     names = json.loads((output / "runs" / run / "result.json").read_text())["per_class"]
     for row in rows:
         assert 0 < row["probability"] <= 1 and names[row["index"]]["label"] == row["class"]

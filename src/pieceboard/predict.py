@@ -213,9 +213,10 @@ def predict(
             x = transform.normalize(x, about["channels_last"])
             with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 logits = model(x).float()
-            probabilities = torch.softmax(logits, dim=1).cpu()
-            # A stable sort puts the first of equal logits first, as the test's argmax did.
-            order = torch.argsort(logits.cpu(), dim=1, descending=True, stable=True)[:, :top]
+            probabilities = logits.softmax(dim=1).cpu()
+            # Ranked as the cell's evaluation chose its prediction (`train.evaluate`): the highest probability, the
+            # first of equal ones (a stable sort).
+            order = torch.argsort(probabilities, dim=1, descending=True, stable=True)[:, :top]
             for (path, _), ranked, probs in zip(batch, order.tolist(), probabilities, strict=True):
                 best = [{"class": names[i], "index": i, "probability": float(probs[i])} for i in ranked]
                 yield {"path": str(path), **best[0], "top": best}
