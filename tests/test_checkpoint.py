@@ -285,6 +285,8 @@ def test_the_disk_is_checked_for_checkpoints_and_models_before_training(small_di
     [line] = [line for line in proc.stderr.splitlines() if line.startswith("pieceboard: error:")]
     assert "cannot write the results, checkpoints and models of 1 cell(s)" in line and "free on its disk" in line
     assert not (small_disk / "out" / "runs").exists()
+    dry = cli("bench", bench, "--output", small_disk / "out", "--dry-run", cwd=small_disk.parent)  # says the same
+    assert dry.returncode == 2 and dry.stderr.strip() == line
     # Without checkpoints and kept models, the results alone fit.
     _with_benchmark_keys(bench, 'checkpoint_every = 0\nkeep_models = "none"')
     proc = cli("bench", bench, "--output", small_disk / "out", cwd=small_disk.parent)

@@ -201,10 +201,8 @@ def run(
             if not config.benchmark.keep_checkpoints:  # left by a kill between a result and its clean-up
                 for result in results:
                     shutil.rmtree(run_dir(output, result.id) / CHECKPOINT, ignore_errors=True)
-            at_once = _at_once(config, state, len(todo), jobs, threads)
-            kept, what = _kept_bytes(config, [plans[c.id].params for c in todo], at_once)
-            needed = len(todo) * _result_bytes(manifest) + kept + RESULT_MARGIN
-            require_space(output, needed, f"the results{what} of {len(todo)} cell(s)")
+            at_once = _at_once(config, state.num_processes, len(todo), jobs, threads)
+            _check_space(config, output, manifest, [plans[c.id] for c in todo], at_once)
         try:
             if todo:
                 tasks = _tasks(config, state, manifest, todo, plans, digest, output, display)
@@ -284,9 +282,21 @@ def _result_bytes(manifest: Manifest) -> int:
     return int(manifest.is_test.sum()) * (longest + 40) + 256 * 1024
 
 
-def _at_once(config: Config, state: PartialState, cells: int, jobs: int | None, threads: int | None) -> int:
+def _check_space(config: Config, output: Path, manifest: Manifest, plans: list[Plan], at_once: int) -> None:
+    """Room on the output disk for the results of the cells to run, and for the checkpoints and models they will hold
+    at most at once: a full disk found after training would lose them.
+
+    Raises:
+        StorageError: One line, naming what needs the room.
+    """
+    kept, what = _kept_bytes(config, [plan.params for plan in plans], at_once)
+    needed = len(plans) * _result_bytes(manifest) + kept + RESULT_MARGIN
+    require_space(output, needed, f"the results{what} of {len(plans)} cell(s)")
+
+
+def _at_once(config: Config, processes: int, cells: int, jobs: int | None, threads: int | None) -> int:
     """How many cells train at the same time (at most)."""
-    if state.num_processes > 1:
+    if processes > 1:
         return 1 if config.benchmark.parallel == "data" else cells
     slots, _ = worker_slots(jobs or config.benchmark.jobs, threads or config.benchmark.threads, cells)
     return len(slots)
@@ -534,7 +544,8 @@ def dry_run(
     """
     config = load_config(source, overrides)
     output = Path(output) if output else config.output
-    plans = _preflight(config, int(os.environ.get("WORLD_SIZE", 1)), strict=False)
+    processes = int(os.environ.get("WORLD_SIZE", 1))
+    plans = _preflight(config, processes, strict=False)
     problems = list(dict.fromkeys(plan.problem for plan in plans.values() if plan.problem))
     manifest, found = _folder_problems(config, output)
     problems += found
@@ -542,7 +553,7 @@ def dry_run(
     table = Table(title=f"{config.benchmark.name}: {len(config.cells)} cells -> {output}", header_style="bold")
     for header in ("run", "model", "mode", "px", "batch", "epochs", "lr", "precision", "weights", "action"):
         table.add_column(header, justify="right" if header in ("px", "batch", "epochs", "lr") else "left")
-    todo = 0
+    todo = []
     for cell in config.cells:
         s, plan = cell.settings, plans[cell.id]
         action = _action(output, cell, _stored_config(cell, config, digest) if digest else None)
@@ -550,10 +561,10 @@ def dry_run(
         weights = Path(plan.weights).name if plan.weights else "-"
         row = (cell.id, cell.model, cell.mode, s.image_size, s.batch_size, s.epochs, f"{s.lr:g}", plan.precision)
         table.add_row(*map(escape, map(str, row)), escape(weights), action)
-        todo += action != "kept"
+        todo += [plan] if action != "kept" else []
     if manifest is not None and todo:  # the run's look at the disk, before it trains
         try:
-            require_space(output, todo * _result_bytes(manifest) + RESULT_MARGIN, f"the results of {todo} cell(s)")
+            _check_space(config, output, manifest, todo, _at_once(config, processes, len(todo), None, None))
         except PieceboardError as exc:
             problems.append(str(exc))
     return table, problems
