@@ -60,6 +60,20 @@ def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images")
 
 
+# One tiny MLP cell: the body of the benchmark files of most fault tests.
+ONE_MLP = """
+[defaults]
+epochs = 1
+batch_size = 8
+image_size = 8
+
+[[runs]]
+name = "mlp"
+model = "pieceboard_mlp"
+mode = "scratch"
+"""
+
+
 def write_benchmark(path: Path, data_path: Path | str, body: str) -> Path:
     """A benchmark file with [benchmark] and [data] filled in and `body` (defaults, runs, matrix) after them."""
     # jobs = 1: the cells train in the test's benchmark process (tests/test_jobs.py covers worker processes).

@@ -80,3 +80,22 @@ def test_clean_accuracy_rederives_from_predictions_and_groups(tmp_path):
     # A folder from before the leak check: the leaderboard finds the copies again from the images.
     (out / "manifest.json").write_text(json.dumps({k: v for k, v in meta.items() if k not in ("leaked_test",)}))
     assert Leaderboard.from_dir(out).rows[0]["clean_accuracy"] == row["clean_accuracy"]
+
+
+def test_check_data_of_a_folder_applies_data_settings_and_refuses_others(tmp_path, cli):
+    # Issue 22: `check-data FOLDER --set ...` ignored the overrides without a word.
+    folder = make_augmented_folder(tmp_path / "aug", classes=2, pictures=4)
+    args = ["--set", "data.split=random", "--set", "data.test_fraction=0.5", "--json", "r.json"]
+    proc = cli("check-data", str(folder), *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["split"] == {"kind": "random", "test_fraction": 0.5, "seed": 0}
+    assert report["test_images"] == 12 and report["leaked_test_images"] > 0
+    for item, words in [
+        ("defaults.epochs=3", "only the [data] settings apply"),
+        ("data.path=/elsewhere", "only the [data] settings apply"),
+        ("data.test_fraction=2", "--set: [data]: key 'test_fraction': input should be less than 1 (got 2)"),
+    ]:
+        proc = cli("check-data", str(folder), "--set", item, cwd=tmp_path)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("pieceboard: error:")]
+        assert proc.returncode == 2 and len(errors) == 1 and words in errors[0], proc.stderr

@@ -633,7 +633,23 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_directory_is_not_a_benchmark_file(tmp_path: Path) -> None:
-    assert _error(tmp_path) == f"{tmp_path}: no such benchmark file"
+    # Issue 22: said "no such benchmark file", which a folder that is there is not.
+    expected = f"{tmp_path}: is a folder, not a benchmark file (a .toml file, e.g. benchmarks/demo.toml)"
+    assert _error(tmp_path) == expected
+
+
+def test_an_unreadable_benchmark_file_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    # Issue 22: PermissionError traceback. (Tests run as root, who reads everything: the refusal is simulated.)
+    path = _write(tmp_path, RUN_MLP)
+    real = Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    assert _error(path) == f"{path}: cannot be read (Permission denied)"
 
 
 def test_missing_data_table(tmp_path: Path) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import make_augmented_folder, make_image_folder, picture_of
+from pieceboard.cache import file_digest
 from pieceboard.config import DataTable
 from pieceboard.data import (
     DataError,
@@ -232,3 +234,37 @@ def test_a_class_of_one_picture_cannot_be_split_without_leaking(tmp_path):
         make_manifest(DataTable(path=str(tmp_path / "d")), tmp_path / "grouped")
     random = make_manifest(DataTable(path=str(tmp_path / "d"), split="random"), tmp_path / "random")
     assert random.leaked().sum() == int(random.is_test[random.labels == 0].sum())  # every test image of a leaks
+
+
+def test_an_unreadable_image_is_one_line_naming_it(tmp_path, image_folder, monkeypatch):
+    # Issue 22: PermissionError traceback. (Tests run as root, who reads everything: the refusal is simulated.)
+    import pieceboard.data
+
+    blocked = image_folder / "class_b" / "img_003.jpg"
+
+    def digest(path):
+        if path == blocked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return file_digest(path)
+
+    monkeypatch.setattr(pieceboard.data, "file_digest", digest)
+    with pytest.raises(DataError) as info:
+        make_manifest(DataTable(path=str(image_folder)), tmp_path / "out")
+    assert str(info.value) == (
+        f"data.path: cannot read {blocked} (Permission denied); make it readable, or move it out of the data folder"
+    )
+
+
+def test_a_class_folder_that_cannot_be_used_says_why(tmp_path, image_folder, monkeypatch):
+    # Issue 22: both said "holds no images".
+    bad = os.path.join(image_folder, os.fsdecode(b"caf\xe9"))
+    os.mkdir(bad)
+    Image.new("RGB", (9, 9)).save(os.path.join(bad, "a.png"))
+    with pytest.raises(DataError, match="its name is not valid UTF-8, so it cannot be a class name; rename it"):
+        scan_folder(image_folder)
+    os.rename(bad, image_folder / "locked")
+    os.remove(image_folder / "locked" / "a.png")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != "locked" and real_access(path, mode))
+    with pytest.raises(DataError, match=r"class folder .*locked cannot be read \(permission denied\)"):
+        scan_folder(image_folder)

@@ -72,8 +72,49 @@ def test_channels_last_rule():
     assert not use_channels_last(resnet, False)
 
 
-def test_fused_kernels_where_torch_has_them():
-    assert fused_kwargs(torch.device("cpu")) == {"fused": True}
-    assert fused_kwargs(torch.device("meta")) == {}
-    params = [torch.nn.Parameter(torch.ones(3))]
-    torch.optim.Adam(params, **fused_kwargs(torch.device("cpu"))).step()  # torch accepts it on this device
+def test_fused_kernels_where_torch_has_them_give_the_same_step():
+    def stepped(**kwargs) -> tuple[torch.Tensor, torch.optim.Optimizer]:
+        weight = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 64))
+        optimizer = torch.optim.Adam([weight], lr=0.1, weight_decay=0.01, **kwargs)
+        for step in range(3):
+            weight.grad = torch.sin(weight.detach() * (step + 1))
+            optimizer.step()
+        return weight.detach(), optimizer
+
+    fused, optimizer = stepped(**fused_kwargs(torch.device("cpu")))
+    reference, _ = stepped(foreach=False)  # torch's plain per-tensor loop
+    assert optimizer.param_groups[0]["fused"] is True  # torch took the fused kernel on this device...
+    assert torch.allclose(fused, reference, atol=1e-6) and not torch.equal(fused, torch.linspace(-1.0, 1.0, 64))
+    with torch.device("meta"):  # ...and where it has none, nothing is asked for that torch would refuse
+        torch.optim.Adam([torch.nn.Parameter(torch.ones(3))], **fused_kwargs(torch.device("meta")))
+
+
+def test_bf16_is_refused_where_a_strided_convolution_sees_one_pixel(monkeypatch):
+    # torch's CPU bf16 kernel returns a wrong weight gradient for a 3x3 stride-2 convolution on a 1x1 map
+    # (resnet18 at 16 px): auto falls back to fp32 there, and an explicit bf16 is refused before training.
+    from pieceboard.models import probe
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    at_16, at_64 = probe("resnet18", 16), probe("resnet18", 64)
+    assert at_16.strided_conv_on_one_pixel and not at_64.strided_conv_on_one_pixel
+    assert not probe("pieceboard_mlp", 16).strided_conv_on_one_pixel  # no convolution at all
+    assert at_16.feature_map == 1 and at_64.feature_map == 2
+    assert resolve_precision("auto", "cpu", at_16.depthwise, at_16.strided_conv_on_one_pixel) == "no"
+    assert resolve_precision("auto", "cpu", at_64.depthwise, at_64.strided_conv_on_one_pixel) == "bf16"
+    with pytest.raises(PieceboardError, match="computes wrong gradients for this model at this image size"):
+        resolve_precision("bf16", "cpu", at_16.depthwise, at_16.strided_conv_on_one_pixel)
+    assert resolve_precision("bf16", "cuda", False, True) == "bf16"  # the CPU kernel's fault, not a GPU's
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the guard is for torch's CPU kernel; a GPU trains in bf16")
+def test_a_benchmark_asking_for_bf16_where_it_is_wrong_stops_before_training(tmp_path, image_folder, cli):
+    from conftest import write_benchmark
+
+    body = '[defaults]\nepochs = 1\nbatch_size = 8\nimage_size = 16\nprecision = "bf16"\n\n'
+    body += '[[runs]]\nname = "r18"\nmodel = "resnet18"\nmode = "scratch"\n'
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, body)
+    proc = cli("bench", bench, "--output", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "[[runs]] 'r18': precision = \"bf16\" on a CPU computes wrong gradients" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,5 +1,5 @@
-"""The faults a stress test found (issue 11), each reproduced: every one ends in one clear line (exit 2) or a recorded
-skip, with nothing lost and nothing left behind."""
+"""The faults two stress tests found (issues 11 and 22), each reproduced: every one ends in one clear line (exit 2) or
+a recorded row, with nothing lost, nothing silently left undone and nothing left behind."""
 
 from __future__ import annotations
 
@@ -14,19 +14,9 @@ import pytest
 from PIL import Image
 
 import pieceboard
-from conftest import Background, children, wait_until, write_benchmark
+from conftest import ONE_MLP, Background, children, wait_until, write_benchmark
 
-BODY = """
-[defaults]
-epochs = 1
-batch_size = 8
-image_size = 8
-
-[[runs]]
-name = "mlp"
-model = "pieceboard_mlp"
-mode = "scratch"
-"""
+BODY = ONE_MLP
 
 
 def _bench(bench: Path, output: Path | str, *more: str) -> list[str]:
@@ -163,3 +153,154 @@ def test_files_honour_the_umask(tmp_path, image_folder):
         assert path.stat().st_mode & 0o777 == 0o664, path
     pixels = next((tmp_path / "cache" / "pixels").iterdir())
     assert pixels.stat().st_mode & 0o777 == 0o775 and (pixels / "pixels.npy").stat().st_mode & 0o777 == 0o664
+
+
+# --- issue 22 ------------------------------------------------------------------------------------------------------
+
+
+def _stored(out: Path) -> dict[str, bytes]:
+    """Every result file of an output folder, by path: to show that nothing was retrained or overwritten."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "runs").rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("damage", ["split edited", "cut at a line break", "cut mid-line", "rows swapped"])
+def test_a_damaged_manifest_csv_is_refused_and_no_result_is_retrained(tmp_path, image_folder, cli, damage):
+    # Issue 22: the damaged file was taken as a new split and every intact result retrained and overwritten, exit 0.
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
+    out = tmp_path / "out"
+    assert cli("bench", bench, "--output", out, cwd=tmp_path).returncode == 0
+    before = _stored(out)
+    manifest = out / "manifest.csv"
+    lines = manifest.read_text().splitlines(keepends=True)
+    if damage == "split edited":
+        row = next(i for i, line in enumerate(lines) if line.endswith(",test\n"))
+        lines[row] = lines[row].replace(",test\n", ",train\n")
+    elif damage == "cut at a line break":
+        lines = lines[: len(lines) * 2 // 3]  # a whole class vanished this way
+    elif damage == "cut mid-line":
+        lines = lines[:10] + [lines[10][:5]]
+    else:
+        lines[1], lines[2] = lines[2], lines[1]
+    manifest.write_text("".join(lines))
+    proc = cli("bench", bench, "--output", out, cwd=tmp_path)
+    _one_line_exit_2(proc, str(manifest), "nothing is split or trained again")
+    assert _stored(out) == before and manifest.read_text() == "".join(lines)  # the damage is left for the user
+
+
+def test_a_manifest_from_before_the_digest_is_checked_row_by_row(tmp_path, image_folder, cli):
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
+    out = tmp_path / "out"
+    assert cli("bench", bench, "--output", out, cwd=tmp_path).returncode == 0
+    meta = json.loads((out / "manifest.json").read_text())
+    del meta["csv_sha256"]  # as older versions wrote it
+    (out / "manifest.json").write_text(json.dumps(meta))
+    assert cli("bench", bench, "--output", out, cwd=tmp_path).returncode == 0  # intact: kept, and its digest noted
+    assert "csv_sha256" in json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps(meta))
+    lines = (out / "manifest.csv").read_text().splitlines(keepends=True)
+    (out / "manifest.csv").write_text("".join(lines[:-3]))
+    _one_line_exit_2(cli("bench", bench, "--output", out, cwd=tmp_path), "lists 33 images where the split has 36")
+
+
+@pytest.mark.parametrize("key", ["class_names", "skipped", "fingerprints"])
+def test_a_manifest_json_without_a_key_is_one_line(tmp_path, image_folder, cli, key):
+    # Issue 22: KeyError tracebacks.
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
+    out = tmp_path / "out"
+    assert cli("bench", bench, "--output", out, cwd=tmp_path).returncode == 0
+    meta = json.loads((out / "manifest.json").read_text())
+    del meta[key]
+    (out / "manifest.json").write_text(json.dumps(meta))
+    _one_line_exit_2(cli("bench", bench, "--output", out, cwd=tmp_path), "manifest.json", f"'{key}' is missing")
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_left_alone(tmp_path, image_folder, cli):
+    # Issue 22: the bench emptied the file the link pointed at, and ran (exit 0).
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".lock").symlink_to(precious)
+    proc = cli("bench", bench, "--output", tmp_path / "out", cwd=tmp_path)
+    _one_line_exit_2(proc, str(tmp_path / "out" / ".lock"), "symbolic link")
+    assert precious.read_text() == "keep me\n" and not (tmp_path / "out" / "manifest.csv").exists()
+    dry = cli("bench", bench, "--output", tmp_path / "out", "--dry-run", cwd=tmp_path)  # exits as the run would
+    _one_line_exit_2(dry, str(tmp_path / "out" / ".lock"), "symbolic link")
+
+
+def test_a_kept_cell_whose_predictions_disagree_is_rerun(tmp_path, image_folder, cli):
+    # Issue 22: printed "kept ... (completed earlier)" and exited 0 while the leaderboard showed the row corrupt.
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
+    out = tmp_path / "out"
+    assert cli("bench", bench, "--output", out, cwd=tmp_path).returncode == 0
+    predictions = out / "runs" / "mlp" / "predictions.csv"
+    good = predictions.read_text()
+    header, first, *rest = good.splitlines(keepends=True)
+    fields = first.rstrip("\n").split(",")  # index, path, label, prediction, confidence
+    fields[3] = next(c for c in ("class_a", "class_b", "class_c") if c != fields[3])
+    predictions.write_text("".join([header, ",".join(fields) + "\n", *rest]))
+    proc = cli("bench", bench, "--output", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "kept mlp" not in proc.stdout
+    assert "rerun mlp: its stored result does not hold up" in proc.stdout and "predictions.csv: gives" in proc.stdout
+    assert predictions.read_text() == good  # trained again with the same seed: the same predictions
+    assert [row["status"] for row in json.loads((out / "leaderboard.json").read_text())] == ["completed"]
+
+
+def test_a_refused_benchmark_leaves_no_output_folder_behind(tmp_path, cli):
+    # Issue 22: an output folder holding only .lock was left after a bench refused its data.
+    bench = write_benchmark(tmp_path / "b.toml", tmp_path / "missing", BODY)
+    _one_line_exit_2(cli("bench", bench, "--output", tmp_path / "new" / "out", cwd=tmp_path), "is not a folder")
+    assert not (tmp_path / "new" / "out").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made is theirs: left in place
+    _one_line_exit_2(cli("bench", bench, "--output", tmp_path / "mine", cwd=tmp_path), "is not a folder")
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_weights_that_are_not_weights_stop_the_benchmark_before_training(tmp_path, image_folder, cli):
+    # Issue 22: a text file, a pickled model or a folder passed the preflight and failed the cell with tracebacks.
+    import torch
+
+    (tmp_path / "notes.safetensors").write_text("not weights\n")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "model.pth")  # a pickled module, not a state dict
+    (tmp_path / "folder").mkdir()
+    for weights, words in [
+        ("notes.safetensors", ["is not a weights file"]),
+        ("model.pth", ["holds a pickled Python object (torch.nn.modules.linear.Linear)"]),
+        ("folder", ["is a folder"]),
+    ]:
+        body = BODY.replace('mode = "scratch"', f'mode = "finetune"\nweights = "{tmp_path / weights}"')
+        bench = write_benchmark(tmp_path / "b.toml", image_folder, body)
+        proc = cli("bench", bench, "--output", tmp_path / "out", cwd=tmp_path)
+        _one_line_exit_2(proc, "[[runs]] 'mlp': pieceboard_mlp: weights", *words)
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_wandb_online_without_a_login_or_with_a_bad_project_is_one_line_before_training(
+    tmp_path, image_folder, cli, monkeypatch, jobs
+):
+    # Issue 22: a traceback per worker and "WorkerDied ... out of memory", or a crash of the main process (--jobs 1).
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    bench = write_benchmark(tmp_path / "b.toml", image_folder, BODY)
+    bench.write_text(bench.read_text().replace('wandb = "off"', 'wandb = "online"'))
+    proc = cli("bench", bench, "--output", tmp_path / "out", "--jobs", jobs, cwd=tmp_path)
+    _one_line_exit_2(proc, 'wandb = "online" needs a W&B login', '"offline"')
+    if jobs == "1":  # the dry run makes the same check and exits as the run would
+        dry = cli("bench", bench, "--output", tmp_path / "out", "--dry-run", cwd=tmp_path)
+        _one_line_exit_2(dry, 'wandb = "online" needs a W&B login', '"offline"')
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    bad = ["--set", "benchmark.wandb_project=team/project"]
+    proc = cli("bench", bench, "--output", tmp_path / "out", "--jobs", jobs, *bad, cwd=tmp_path)
+    _one_line_exit_2(proc, "wandb_project 'team/project'", "(found /)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_data_to_a_place_that_cannot_be_written_is_one_line_first(tmp_path, image_folder, cli):
+    # Issue 22: FileNotFoundError traceback, after every image had been decoded.
+    proc = cli("check-data", image_folder, "--json", "/proc/check.json", cwd=tmp_path)
+    _one_line_exit_2(proc, "cannot write /proc/check.json")
+    assert "images in" not in proc.stdout  # refused before the check, not after

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pieceboard._console import PieceboardError
-from pieceboard._io import LOCK, FolderInUse, lock_folder
+from pieceboard._io import LOCK, FolderInUse, StorageError, lock_folder
 
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE_S = 120  # only for a holder that never answers; nothing waits on it when things work
@@ -139,3 +139,74 @@ def test_output_path_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(PieceboardError) as info, lock_folder(tmp_path / "file", "w"):
         pass
     assert str(info.value) == f"cannot write {tmp_path / 'file'}: it is a file, not a folder"
+
+
+# --- issue 22 ------------------------------------------------------------------------------------------------------
+
+
+def test_a_lock_file_that_is_a_link_or_no_file_is_refused_and_never_followed(tmp_path: Path) -> None:
+    target = tmp_path / "someone-elses.txt"
+    target.write_text("precious\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / LOCK).symlink_to(target)
+    with pytest.raises(StorageError) as info, lock_folder(tmp_path / "out", "w"):
+        pass
+    assert str(info.value) == (
+        f"cannot write {tmp_path / 'out' / LOCK}: it is a symbolic link, which pieceboard does not follow here; "
+        f"remove it"
+    )
+    assert target.read_text() == "precious\n"
+    (tmp_path / "out" / LOCK).unlink()
+    os.mkfifo(tmp_path / "out" / LOCK)
+    with pytest.raises(StorageError, match="it is not a plain file; remove it"), lock_folder(tmp_path / "out", "w"):
+        pass
+
+
+def test_a_folder_the_lock_created_is_removed_when_the_block_fails_before_writing_anything(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), lock_folder(tmp_path / "new" / "out", "refused"):
+        raise RuntimeError("bad input")
+    assert not (tmp_path / "new" / "out").exists()
+    with pytest.raises(RuntimeError), lock_folder(tmp_path / "kept", "wrote something"):
+        (tmp_path / "kept" / "manifest.csv").write_text("x")
+        raise RuntimeError("failed later")
+    assert (tmp_path / "kept" / "manifest.csv").exists() and (tmp_path / "kept" / LOCK).exists()
+
+
+def test_a_lock_file_removed_by_its_holder_is_not_a_lock(tmp_path: Path, monkeypatch) -> None:
+    # A waiting writer that opened the file before its holder removed it must not lock the removed file.
+    import pieceboard._io as io
+
+    path = tmp_path / LOCK
+    path.write_text("")
+    opened = []
+    real_open = os.open
+
+    def open_then_lose_it(name, flags, mode=0o777):
+        fd = real_open(name, flags, mode)
+        if not opened:  # the first open sees the old file; its holder then removes it
+            opened.append(fd)
+            os.unlink(name)
+        return fd
+
+    monkeypatch.setattr(io.os, "open", open_then_lose_it)
+    with lock_folder(tmp_path, "second"):
+        assert path.exists() and json.loads(path.read_text(encoding="utf-8"))["what"] == "second"
+
+
+def test_the_space_check_shows_figures_that_differ(tmp_path: Path, monkeypatch) -> None:
+    # Issue 22: "needs about 2.0 MB and 2.0 MB are free".
+    import shutil
+
+    from pieceboard._io import require_space
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=2_080_000))
+    with pytest.raises(StorageError) as info:
+        require_space(tmp_path, 2_100_000, "the results")
+    assert "it needs about 2050.8 KB and only 2031.2 KB are free on its disk" in str(info.value)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=2_099_990))
+    with pytest.raises(StorageError, match="needs about 2,100,000 bytes and only 2,099,990 bytes are free"):
+        require_space(tmp_path, 2_100_000, "the results")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1 << 20))
+    with pytest.raises(StorageError, match="needs about 3.0 MB and only 1.0 MB are free"):
+        require_space(tmp_path, 3 << 20, "the results")

@@ -262,6 +262,22 @@ def test_figures_that_disagree_with_predictions_make_a_corrupt_row(tmp_path):
     assert "gnu" in rows["foreign-class"]["error"] and rows["foreign-class"]["status"] == "corrupt"
 
 
+@pytest.mark.parametrize("confidence", [False, True], ids=["4 columns", "with confidence"])
+def test_predictions_cut_mid_line_say_so(tmp_path, confidence):
+    # Issue 22: said "classes None are not the run's" (and a file with the confidence column failed on float(None)).
+    labels, predicted = graded(30, 20)
+    write_run(tmp_path, "cut", labels, predicted, confidence=[0.75] * 30 if confidence else None)
+    path = tmp_path / "runs" / "cut" / "predictions.csv"
+    lines = path.read_text().splitlines()
+    cut = lines[8].rsplit(",", 1)[0]  # a copy that stopped inside the row of line 9, at a field's end
+    path.write_text("\n".join([*lines[:8], cut]))
+    row = _board(tmp_path)["cut"]
+    fields = 5 if confidence else 4
+    assert row["status"] == "corrupt" and "None" not in row["error"]
+    assert row["error"].startswith(f"{path}: unreadable predictions (ValueError: line 9 does not have the {fields} ")
+    assert row["error"].endswith("fields of its header (the file is cut or edited))")
+
+
 def test_time_to_accuracy_from_the_history():
     history = [{"epoch": e, "accuracy": a, "train_s": float(e)} for e, a in enumerate([0.2, 0.5, 0.76, 0.8, 0.79], 1)]
     assert time_to_accuracy(history) == (6.0, 3)  # 0.95 x 0.8 = 0.76, first reached in epoch 3 after 1 + 2 + 3 s

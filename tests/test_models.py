@@ -319,16 +319,66 @@ def test_resolve_weights_wrong_suffix(suffix, tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth", ".pt", ".bin"])
-def test_resolve_weights_accepted_suffixes(suffix, tmp_path):
+def test_resolve_weights_accepted_suffixes(suffix, tmp_path, weights_files):
     path = tmp_path / f"model{suffix}"
-    path.write_bytes(b"x")
+    state = safetensors.torch.load_file(str(weights_files["resnet18"]))
+    if suffix == ".safetensors":
+        safetensors.torch.save_file(state, str(path))
+    else:
+        torch.save({"state_dict": state, "epoch": 3}, path)  # a training checkpoint: tensors and plain values
     assert resolve_weights("resnet18", "linear_probe", str(path)) == str(path)
 
 
-def test_resolve_weights_expands_home(tmp_path, monkeypatch):
+def test_resolve_weights_expands_home(tmp_path, monkeypatch, weights_files):
     monkeypatch.setenv("HOME", str(tmp_path))
-    (tmp_path / "w.safetensors").write_bytes(b"x")
+    (tmp_path / "w.safetensors").write_bytes(weights_files["resnet18"].read_bytes())
     assert resolve_weights("resnet18", "finetune", "~/w.safetensors") == str(tmp_path / "w.safetensors")
+
+
+def _fails_preflight(path: Path, *words: str, model: str = "resnet18", image_size: int | None = None) -> None:
+    with pytest.raises(WeightsError) as info:
+        resolve_weights(model, "finetune", str(path), image_size=image_size)
+    message = str(info.value)
+    assert message.startswith(f"{model}: weights ") and str(path) in message and "\n" not in message, message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_weights_that_are_not_weights_are_refused_before_training(tmp_path, weights_files):
+    text = tmp_path / "notes.safetensors"
+    text.write_text("these are not weights\n")
+    _fails_preflight(text, "is not a weights file", "'these ar'")
+    (tmp_path / "notes.pth").write_text("these are not weights\n")
+    _fails_preflight(tmp_path / "notes.pth", "is not a weights file")
+    (tmp_path / "folder.safetensors").mkdir()
+    _fails_preflight(tmp_path / "folder.safetensors", "is a folder", "the .safetensors file inside it")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(weights_files["resnet18"].read_bytes()[:4096])  # a copy that stopped half way
+    _fails_preflight(cut, "is not a valid safetensors file")
+    renamed = tmp_path / "model.pth"
+    renamed.write_bytes(weights_files["resnet18"].read_bytes())
+    _fails_preflight(renamed, "holds safetensors data", "name it .safetensors")
+
+
+def test_weights_of_another_architecture_or_size_are_refused(tmp_path, weights_files):
+    # timm loads pretrained weights non-strictly once it replaced the classifier: without this check a file of
+    # another model would leave every layer random and the run would silently train from scratch.
+    _fails_preflight(weights_files["resnet18"], "does not fit mobilenetv3_large_100", "e.g. conv_stem.weight",
+                     model="mobilenetv3_large_100")  # fmt: skip
+    # The MLP's first layer depends on the image size: a file made for another size does not fit.
+    other = MLP_IMG * 2
+    _fails_preflight(weights_files[MLP_NAME], f"at image_size {other}", "body.1.weight", model=MLP_NAME,
+                     image_size=other)  # fmt: skip
+    assert resolve_weights(MLP_NAME, "finetune", str(weights_files[MLP_NAME]), image_size=MLP_IMG) == str(
+        weights_files[MLP_NAME]
+    )
+    state = safetensors.torch.load_file(str(weights_files["resnet18"]))
+    partial = tmp_path / "partial.safetensors"
+    safetensors.torch.save_file({k: v for k, v in state.items() if not k.startswith("layer4.")}, str(partial))
+    _fails_preflight(partial, "tensors are not in the file", "layer4.")
+    headless = tmp_path / "headless.safetensors"  # the classifier is replaced anyway: it may be missing
+    safetensors.torch.save_file({k: v for k, v in state.items() if not k.startswith("fc.")}, str(headless))
+    assert resolve_weights("resnet18", "finetune", str(headless)) == str(headless)
 
 
 @pytest.mark.parametrize("mode", PRETRAINED_MODES)
@@ -437,9 +487,11 @@ def test_pickle_with_arbitrary_objects_is_not_unpickled(payload, tmp_path):
     state["extra"] = _Payload(str(mark)) if payload == "code" else _Plain()
     path = tmp_path / "evil.pth"
     torch.save(state, path)
-    # timm loads with torch.load(weights_only=True) and re-raises torch's UnpicklingError as a RuntimeError.
+    # The preflight reads the pickle's opcodes, never unpickles it, and names what it would construct.
+    _fails_preflight(path, "holds a pickled Python object", "_leave_mark" if payload == "code" else "_Plain")
+    # timm, reached without the preflight, loads with torch.load(weights_only=True) and refuses it too.
     with pytest.raises((RuntimeError, pickle.UnpicklingError), match=r"(?i)weights.only") as info:
-        build_model("resnet18", "finetune", NUM_CLASSES, CNN_IMG, resolve_weights("resnet18", "finetune", path))
+        build_model("resnet18", "finetune", NUM_CLASSES, CNN_IMG, str(path))
     assert ("_Payload" if payload == "code" else "_Plain") in str(info.value) or "_leave_mark" in str(info.value)
     assert not mark.exists()
 

@@ -242,8 +242,8 @@ def test_a_model_that_does_not_fit_is_one_line_and_nothing_partial(small_disk, m
     with pytest.raises(StorageError) as raised:  # found before writing
         save_model_folder(model, *args)
     assert re.fullmatch(
-        rf"cannot write the model of r18 in {re.escape(str(folder.parent))}: it needs about 4\d\.\d MB and 2\d\.\d MB "
-        r"are free on its disk; free some space or choose another folder",
+        rf"cannot write the model of r18 in {re.escape(str(folder.parent))}: it needs about 4\d\.\d MB and only "
+        r"2\d\.\d MB are free on its disk; free some space or choose another folder",
         str(raised.value),
     )
     assert list(folder.parent.iterdir()) == []  # no folder, no staging folder
@@ -264,3 +264,22 @@ def test_transform_matches_the_decode_once_cache(benchmark):
     assert (transform.pixels(path) == load_rgb(path, 16)).all()
     expected = (torch.tensor(load_rgb(path, 16)).permute(2, 0, 1).float() / 255 - 0.5) / 0.25
     assert torch.allclose(transform(path), expected, atol=1e-5)
+
+
+def test_a_kept_model_folder_given_as_weights_names_its_file_which_passes_the_check(benchmark):
+    # The weights preflight of issue 22 meets the model folders of issue 18: a folder names the file to give, and
+    # that file, a fine-tuning start for another benchmark, passes the check at its image size, and only there.
+    from pieceboard.config import MLP_NAME
+    from pieceboard.models import MODEL_WEIGHTS, WeightsError, resolve_weights
+
+    _, output = benchmark
+    for run, model in (("mlp", MLP_NAME), ("r18-16", "resnet18")):
+        folder = _model_dir(output, run)
+        with pytest.raises(WeightsError) as info:
+            resolve_weights(model, "finetune", str(folder), image_size=16)
+        assert str(info.value) == f"{model}: weights {folder} is a folder; set weights to {folder / MODEL_WEIGHTS}"
+        assert resolve_weights(model, "finetune", str(folder / MODEL_WEIGHTS), image_size=16) == str(
+            folder / MODEL_WEIGHTS
+        )
+    with pytest.raises(WeightsError, match=r"does not fit pieceboard_mlp at image_size 8: 1 tensor\(s\) of another"):
+        resolve_weights(MLP_NAME, "linear_probe", str(_model_dir(output, "mlp") / MODEL_WEIGHTS), image_size=8)

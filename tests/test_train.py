@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -22,9 +24,50 @@ def _data(n=40, size=8, classes=3):
     return RunData(pixels, labels.astype(np.int64), train, test, names, ([0.5] * 3, [0.25] * 3))
 
 
-def _cell(**settings):
+def _colours(n=60, size=8, classes=3):
+    """Noisy images whose class is the colour channel that is lit: separable, so a model that learns gets them all."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % classes
+    pixels = rng.integers(0, 60, (n, size, size, 3))
+    pixels[np.arange(n), :, :, labels] += 150
+    test = np.arange(0, n, 4)
+    train = np.setdiff1d(np.arange(n), test)
+    names = [f"c{i}" for i in range(classes)]
+    return RunData(pixels.astype(np.uint8), labels.astype(np.int64), train, test, names, ([0.5] * 3, [0.25] * 3))
+
+
+def _cell(model="resnet18", **settings):
     base = {"epochs": 2, "batch_size": 8, "image_size": 8, "precision": "no", "log_every": 1}
-    return Cell("c", "c", "resnet18", "scratch", None, TrainSettings(**(base | settings)))
+    return Cell("c", "c", model, "scratch", None, TrainSettings(**(base | settings)))
+
+
+def test_fit_learns_separable_data_and_the_loss_falls():
+    outcome = fit(_cell("pieceboard_mlp", epochs=3), _colours(), make_accelerator("no"))
+    losses = [entry["train_loss"] for entry in outcome.history]
+    assert losses[0] > losses[1] > losses[2] and losses[2] < 0.1 * losses[0], losses
+    assert outcome.metrics["accuracy"] == outcome.metrics["f1_macro"] == 1.0
+    assert outcome.history[-1]["test_loss"] < 0.1 and outcome.predictions.tolist() == [0, 1, 2] * 5
+
+
+@pytest.mark.parametrize(
+    "scheduler, warmup, expected",
+    [
+        # cosine, every step: lr/2 (1 + cos(pi t / T)) with t the updates so far, T those of the whole run.
+        ("cosine", 0, [0.01 * (1 + math.cos(math.pi * e / 3)) / 2 for e in (1, 2, 3)]),
+        # step: divided by 10 at each third of training.
+        ("step", 0, [1e-3, 1e-4, 1e-5]),
+        ("none", 0, [0.01, 0.01, 0.01]),
+        # a warm-up epoch ends where the cosine is at the end of epoch 1 (timm counts the warm-up in the cosine).
+        ("cosine", 1, [0.0075, 0.0025, 0.0]),
+    ],
+)
+def test_the_learning_rate_follows_the_schedule(scheduler, warmup, expected):
+    cell = _cell("pieceboard_mlp", epochs=3, lr=0.01, scheduler=scheduler, warmup_epochs=warmup)
+    outcome = fit(cell, _colours(), make_accelerator("no"))
+    assert [entry["lr"] for entry in outcome.history] == pytest.approx(expected, abs=1e-12)
+    if warmup:  # linear from lr/100 over the first epoch's updates (6: 45 images in batches of 8), logged after each
+        first = [point["lr"] for point in outcome.train_log if point["epoch"] == 1]
+        assert first == pytest.approx([1e-4 + k * (0.01 - 1e-4) / 6 for k in range(1, 6)] + [0.0075])
 
 
 def test_fit_records_history_layout_and_logs():
@@ -34,6 +77,13 @@ def test_fit_records_history_layout_and_logs():
     assert outcome.n_test == 10 and outcome.n_train == 30 and len(outcome.predictions) == 10
     assert outcome.channels_last is False and outcome.precision == "no"
     assert outcome.params == outcome.trainable_params > 0 and outcome.gflops > 0
+    # The costs agree with each other and with what was done, whatever the machine's speed.
+    assert sum(entry["train_s"] for entry in outcome.history) == pytest.approx(outcome.train_s)
+    assert outcome.train_img_s == pytest.approx(30 * 2 / outcome.train_s)  # 30 training images, 2 epochs
+    elapsed = [entry["elapsed_s"] for entry in outcome.history]
+    assert elapsed[0] < elapsed[1] and elapsed[1] >= outcome.train_s  # elapsed also counts the evaluations
+    assert 0 <= outcome.data_wait_s <= outcome.train_s and outcome.eval_img_s > 0 and outcome.latency_ms > 0
+    assert outcome.peak_mem_mb > outcome.params * 4 / 2**20  # the process held at least its fp32 weights
     train_events = [e for e in events if e["event"] == "train"]
     assert len(train_events) == 2 * 4 and all(np.isfinite(e["train/loss"]) for e in train_events)
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]

@@ -11,6 +11,7 @@ dependencies, which take seconds to load, and `import pieceboard` or `pieceboard
 from __future__ import annotations
 
 import importlib
+import sys
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,14 @@ if TYPE_CHECKING:  # what type checkers and mkdocstrings see; at run time `__get
     from pieceboard.results import RunResult, load_results
 
 __version__ = version("pieceboard")
+
+# `python -m pieceboard.bench` and its workers: wandb (which timm imports) is imported here, before any module of the
+# benchmark imports timm, so that its temporary folders go where a killed benchmark's are found again.
+if "-m" in getattr(sys, "orig_argv", []):  # only `python -m ...` can be one; `import pieceboard` stays light
+    from pieceboard.tracking import benchmark_process, import_wandb_privately
+
+    if benchmark_process(sys.orig_argv):
+        import_wandb_privately()
 
 _EXPORTS = {
     "Cell": "pieceboard.config",

@@ -24,6 +24,12 @@ class PieceboardError(Exception):
 STOP = threading.Event()
 
 
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, for an error shown or stored as one line."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def check_stop() -> None:
     """Raise KeyboardInterrupt if a stop was requested."""
     if STOP.is_set():

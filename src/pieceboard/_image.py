@@ -7,6 +7,7 @@ a truncated file must not end up in a benchmark as a half-grey picture.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
@@ -101,13 +102,18 @@ def load_rgb(path: str | os.PathLike[str], size: int) -> np.ndarray:
     return load_rgb_sized(path, size)[0]
 
 
-def load_rgb_sized(path: str | os.PathLike[str], size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """`load_rgb`, and the image's own (width, height) as displayed (after the EXIF orientation)."""
+def load_rgb_sized(
+    path: str | os.PathLike[str], size: int, data: bytes | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """`load_rgb`, and the image's own (width, height) as displayed (after the EXIF orientation).
+
+    `data`, when given, is the file's content already read (errors still name `path`).
+    """
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     _require_strict_decoding()
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data) if data is not None else path) as image:
             # load() decodes every byte now; lazily decoded images would only fail (or not) much later.
             image.load()
             rgb = to_rgb(image)

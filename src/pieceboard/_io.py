@@ -21,6 +21,7 @@ import os
 import shlex
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -59,6 +60,8 @@ _STORAGE_ERRNOS = {
     errno.EEXIST: "a file is in the way",
     errno.EISDIR: "is a folder, not a file",
     errno.ENOLCK: "the file system offers no locks",
+    errno.ENOENT: "the folder does not exist or cannot hold files",
+    errno.ELOOP: "it is a symbolic link, which pieceboard does not follow here; remove it",
 }
 
 
@@ -91,10 +94,35 @@ def require_space(folder: Path, needed: int, what: str, advice: str = "choose an
     """
     free = shutil.disk_usage(folder).free
     if free < needed:
+        need, have = _sizes(needed, free)
         raise StorageError(
-            f"cannot write {what} in {folder}: it needs about {needed / 2**20:.1f} MB and {free / 2**20:.1f} MB are "
-            f"free on its disk; free some space or {advice}"
+            f"cannot write {what} in {folder}: it needs about {need} and only {have} are free on its disk; free some "
+            f"space or {advice}"
         )
+
+
+def _sizes(needed: int, free: int) -> tuple[str, str]:
+    """Two byte counts in the largest unit that still tells them apart (2.0 MB against 2.0 MB says nothing)."""
+    for scale, unit, digits in ((2**30, "GB", 1), (2**20, "MB", 1), (2**10, "KB", 1)):
+        need, have = f"{needed / scale:.{digits}f} {unit}", f"{free / scale:.{digits}f} {unit}"
+        if need != have and needed >= scale:
+            return need, have
+    return f"{needed:,} bytes", f"{free:,} bytes"
+
+
+def require_writable(path: Path) -> None:
+    """Fail now, with one line, when a file cannot be written at `path` (before minutes of work that end there).
+
+    Raises:
+        StorageError: The folder cannot be made or written, or `path` is a folder.
+    """
+    folder = make_folder(path.parent)
+    with storage_errors(path):
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")
+        os.close(fd)
+        os.unlink(tmp)
 
 
 def _chmod_default(path: Path, folder: bool) -> None:
@@ -146,7 +174,8 @@ def _staging_prefix(target: Path) -> str:
     return f".{target.name}.{socket.gethostname()}."
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host runs with that pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -166,7 +195,7 @@ def remove_stale_staging(target: Path) -> None:
         if not (name.startswith(prefix) and name.endswith(_STAGING)):
             continue
         pid = name[len(prefix) :].split(".", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -229,39 +258,43 @@ os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 @contextmanager
-def lock_folder(folder: Path, what: str) -> Iterator[None]:
+def lock_folder(folder: Path, what: str, name: str = LOCK, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on `folder` while the block runs; a second writer fails at once, naming this one.
 
     The lock is `fcntl.flock` on `<folder>/.lock`. The operating system releases it when its holder ends, however it
     ends (kill -9 included), so a lock left by a dead process is simply taken over; the file's content only says who
     holds it: pid, host, what it is doing, its command line and start time. The file stays in place afterwards
-    (removing it would let two processes lock two different files of the same name).
+    (removing it would let two processes lock two different files of the same name), except that a folder this call
+    created and that holds nothing but the lock file when the block fails is removed again: a refused benchmark
+    leaves no empty output folder behind. A symbolic link, or anything but a plain file, in the lock file's place is
+    refused, never followed: the lock file is written, and a link would aim that at another file.
 
     Args:
         folder: The folder to lock; created if missing.
         what: What the holder is doing, shown to a second writer, e.g. `pieceboard bench benchmarks/demo.toml`.
+        name: The lock file's name inside `folder` (the report has its own, see pieceboard.report).
+        wait: Wait for the holder to finish instead of failing.
 
     Raises:
-        FolderInUse: Another process holds the lock.
-        StorageError: The folder or its lock file cannot be created, or the file system has no locks.
+        FolderInUse: Another process holds the lock (and `wait` is False).
+        StorageError: The folder or its lock file cannot be created, the lock file is a link or not a file, or the
+            file system has no locks.
     """
-    path = make_folder(folder) / LOCK
-    with storage_errors(path):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies, as for every file pieceboard writes
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise FolderInUse(_in_use_message(folder, path)) from None
-        except OSError:
-            os.close(fd)
-            raise
+    created = not folder.exists()
+    path = make_folder(folder) / name
+    fd = _open_lock(folder, path, wait)
     _HELD.add(fd)
     try:
         with storage_errors(path):
             os.ftruncate(fd, 0)
             os.pwrite(fd, _holder(what).encode(), 0)
         yield
+    except BaseException:
+        if created and fd in _HELD and [p.name for p in folder.iterdir()] == [name]:
+            with suppress(OSError):  # still locked: another writer that opened the file finds it gone and retries
+                path.unlink()
+                folder.rmdir()
+        raise
     finally:
         if fd in _HELD:  # not in a forked child, which closed its copy at the fork
             _HELD.discard(fd)
@@ -277,10 +310,12 @@ def in_use(folder: Path) -> str | None:
     """
     path = folder / LOCK
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # no lock file yet (or none readable): nobody holds it
-        return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:  # no lock file yet (or none readable): nobody holds it, unless a link is in its place
+        return describe_storage_error(exc, path) if exc.errno == errno.ELOOP else None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return _not_a_file(path)
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return _in_use_message(folder, path)
@@ -289,6 +324,42 @@ def in_use(folder: Path) -> str | None:
     finally:
         os.close(fd)
     return None
+
+
+def _open_lock(folder: Path, path: Path, wait: bool) -> int:
+    """Open and flock the lock file, never through a symbolic link; returns the locked descriptor."""
+    while True:
+        with storage_errors(path):
+            # O_NOFOLLOW: a link in the lock file's place fails (ELOOP) instead of the link's target being emptied.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)  # the umask applies
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise StorageError(_not_a_file(path))
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    raise FolderInUse(_in_use_message(folder, path)) from None
+                # The holder before us may have removed the file (see lock_folder): a lock on a file that is no
+                # longer at `path` guards nothing, so open the one that is there now.
+                if _same_file(fd, path):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+        os.close(fd)
+
+
+def _not_a_file(path: Path) -> str:
+    return f"cannot use {path} as a lock: it is not a plain file; remove it"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
 
 def _holder(what: str) -> str:

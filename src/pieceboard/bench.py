@@ -8,8 +8,9 @@ One process (the usual case) runs the cells in `jobs` worker processes side by s
 launcher with several processes, every process trains each cell together (`parallel = "data"`) or each runs its
 own share of the cells (`parallel = "cells"`).
 
-Exit codes: 0 every run completed; 1 some run failed (the others still ran and were written); 2 the input is
-wrong (one message, nothing trained); 130 interrupted (finished runs are kept; a rerun does the rest).
+Exit codes: 0 every run completed; 1 some run did not complete (it failed, or its worker died or was stopped; the
+others still ran and were written); 2 the input is wrong (one message, nothing trained); 130 interrupted (finished
+runs are kept; a rerun does the rest).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from pieceboard.config import Cell, Config, load_config
 from pieceboard.data import MANIFEST, Manifest, cross_split, make_manifest, resolve_root, scan_folder
 from pieceboard.device import device_type, resolve_precision
 from pieceboard.jobs import CellTask, WorkerPool, WorkerSpec, run_cell, run_data, store
-from pieceboard.leaderboard import Leaderboard
+from pieceboard.leaderboard import Leaderboard, check_predictions
 from pieceboard.models import probe, resolve_weights
 from pieceboard.report import write_report
 from pieceboard.results import (
@@ -68,7 +69,7 @@ from pieceboard.results import (
     run_dir,
     save_result,
 )
-from pieceboard.tracking import Tracker, resolve_mode
+from pieceboard.tracking import Tracker, check_mode, resolve_mode
 
 GPU_PACK = 4  # cells per GPU with jobs = "auto": 4 resnet18 trainings side by side gave 3.9x the throughput of one
 # on an H200 (the step is launch-bound); more would contend for memory with larger models
@@ -140,7 +141,7 @@ def _plan(cell: Cell, processes: int, device: str, source: str | None) -> Plan:
             f"batch_size {batch} is the global batch and must divide evenly over the {processes} processes (e.g. "
             f"{processes * max(1, batch // processes)})"
         )
-    weights = resolve_weights(cell.model, cell.mode, cell.weights, source)
+    weights = resolve_weights(cell.model, cell.mode, cell.weights, source, cell.settings.image_size)
     traits = probe(cell.model, cell.settings.image_size)
     precision = resolve_precision(cell.settings.precision, device, traits.depthwise, traits.strided_conv_on_one_pixel)
     # Training costs about 3 forward passes per image; the split is the same for every cell.
@@ -188,6 +189,7 @@ def run(
     main = state.is_main_process
     console = console or wide_console()
     plans = _preflight(config, state.num_processes)
+    check_mode(resolve_mode(config.benchmark.wandb), _project(config))
     with ExitStack() as held, Display(console, len(config.cells), main) as display:
         # One benchmark per output folder: a second writer stops here, naming the first (issue: two splits mixed).
         what = f"pieceboard bench {source}" if not isinstance(source, dict) else "pieceboard.run(...)"
@@ -196,6 +198,8 @@ def run(
         manifest = _main_first(state, lambda: make_manifest(config.data, output, display.stage if main else None))
         digest = _manifest_digest(output)
         _describe(config, manifest, state, output, display)
+        if main and (line := _tracker(config, output).describe()):
+            display.note(escape(line))
         results, todo = _kept(config, output, digest, display)
         if main:  # a full disk found after training would lose the result: look before
             if not config.benchmark.keep_checkpoints:  # left by a kill between a result and its clean-up
@@ -323,16 +327,31 @@ def _kept_bytes(config: Config, params: list[int], at_once: int) -> tuple[int, s
 
 
 def _kept(config: Config, output: Path, digest: str, display: Display) -> tuple[list[RunResult], list[Cell]]:
-    """Completed results stored with the same configuration, and the cells still to run."""
+    """Completed results stored with the same configuration whose predictions give their figures, and the cells
+    still to run (a completed result whose predictions.csv disagrees with it is run again, and says so)."""
     kept, todo = [], []
     for cell in config.cells:
-        stored = finished(output, cell.id, _stored_config(cell, config, digest))
+        stored, problem = _intact(output, cell.id, _stored_config(cell, config, digest))
         if stored is None:
             todo.append(cell)
+            if problem:
+                display.note(f"[yellow]rerun[/yellow] {escape(cell.id)}: {escape(problem)}")
         else:
             kept.append(stored)
             display.skip(f"[dim]kept[/dim] {cell.id} (completed earlier)")
     return kept, todo
+
+
+def _intact(output: Path, cell_id: str, stored_config: dict[str, Any]) -> tuple[RunResult | None, str | None]:
+    """The stored result to keep, or None and why a completed one cannot be kept (None when there is none)."""
+    stored = finished(output, cell_id, stored_config)
+    if stored is None:
+        return None, None
+    try:
+        check_predictions(run_dir(output, cell_id), stored)
+    except ValueError as exc:
+        return None, f"its stored result does not hold up ({exc})"
+    return stored, None
 
 
 def _tasks(
@@ -370,9 +389,26 @@ def _tasks(
     return tasks
 
 
-def _tracker(config: Config, output: Path, active: bool = True) -> Tracker:
-    project = config.benchmark.wandb_project or config.benchmark.name
-    return Tracker(resolve_mode(config.benchmark.wandb), project, output, config.benchmark.name, active=active)
+def _project(config: Config) -> str:
+    return config.benchmark.wandb_project or config.benchmark.name
+
+
+def _tracker(config: Config, output: Path, active: bool = True, display: Display | None = None) -> Tracker:
+    warn = _warner(display) if display is not None else None
+    mode = resolve_mode(config.benchmark.wandb)
+    return Tracker(mode, _project(config), output, config.benchmark.name, active=active, warn=warn)
+
+
+def _warner(display: Display) -> Callable[[str], None]:
+    """Show each warning once (every worker reports the same W&B fallback)."""
+    shown: set[str] = set()
+
+    def warn(text: str) -> None:
+        if text not in shown:
+            shown.add(text)
+            display.note(f"[yellow]warning[/yellow]: {escape(text)}")
+
+    return warn
 
 
 def _run_here(
@@ -380,7 +416,7 @@ def _run_here(
 ) -> list[RunResult]:
     """Data parallel: every process trains each cell together, in this process."""
     cells = {cell.id: cell for cell in config.cells}
-    tracker = _tracker(config, output, active=state.is_main_process)
+    tracker = _tracker(config, output, active=state.is_main_process, display=display)
     results = []
     for task in tasks:
         check_stop()
@@ -493,12 +529,15 @@ def _run_in_workers(
         threads=per_worker,
     )
     results = []
+    warn = _warner(display)
     try:
         for event in WorkerPool(spec, slots).run(tasks):
             if event.kind == "event":
                 if event.cell_id not in display.cells:
                     display.start_run(cells[event.cell_id])
                 display.event(event.cell_id, event.event)
+            elif event.kind == "note":
+                warn(event.text)
             elif event.kind == "done":
                 results.append(event.result)
                 display.end_run(event.result, event.trace)
@@ -531,10 +570,10 @@ def dry_run(
     and every problem that would stop `run` before training.
 
     The checks are `run`'s: the benchmark file and its model names; each cell's batch, weights, image size and
-    precision; the cache folder; the data folder (scanned, not decoded: a new split's image checks wait for the run)
-    or, when the output folder holds a split, whether it still matches and the disk has room for the results to
-    come; and whether another benchmark holds the output folder. A cell is `kept` only if its completed result
-    matches the split already stored there.
+    precision; the W&B setting; the cache folder; the data folder (scanned, not decoded: a new split's image checks
+    wait for the run) or, when the output folder holds a split, whether it still matches and the disk has room for
+    the results to come; and whether another benchmark holds the output folder. A cell is `kept` only if its
+    completed result matches the split already stored there.
 
     Returns:
         The table, and the problems (one line each; none when the run would start).
@@ -547,6 +586,10 @@ def dry_run(
     processes = int(os.environ.get("WORLD_SIZE", 1))
     plans = _preflight(config, processes, strict=False)
     problems = list(dict.fromkeys(plan.problem for plan in plans.values() if plan.problem))
+    try:
+        check_mode(resolve_mode(config.benchmark.wandb), _project(config))
+    except PieceboardError as exc:
+        problems.append(str(exc))
     manifest, found = _folder_problems(config, output)
     problems += found
     digest = _manifest_digest(output) if manifest is not None else None
@@ -589,8 +632,12 @@ def _action(output: Path, cell: Cell, stored_config: dict[str, Any] | None) -> s
     path = run_dir(output, cell.id) / RESULT
     if not path.exists():
         return "run"
-    if stored_config is not None and finished(output, cell.id, stored_config) is not None:
-        return "kept"
+    if stored_config is not None:
+        stored, problem = _intact(output, cell.id, stored_config)
+        if stored is not None:
+            return "kept"
+        if problem:
+            return "rerun (predictions.csv disagrees with result.json)"
     status = read_result(path).status
     return {"completed": "rerun (settings or split changed)", "corrupt": "rerun (damaged result)"}.get(
         status, f"rerun ({status} earlier)"
@@ -668,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("RANK", 0)) == 0:
             Console(stderr=True).print("pieceboard: interrupted; finished runs are kept, a rerun does the rest")
         return 130
-    return 1 if any(r.status == "failed" for r in results) else 0
+    return 1 if any(r.status != "completed" for r in results) else 0
 
 
 if __name__ == "__main__":

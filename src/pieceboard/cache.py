@@ -42,6 +42,17 @@ class CacheError(PieceboardError):
     """An image can no longer be decoded the way the manifest found it."""
 
 
+class ChangedFile(CacheError):
+    """A file's content changed between reading its digest and decoding it: nothing decoded is kept."""
+
+    def __init__(self, path: Path):
+        super().__init__(
+            f"{path} changed while pieceboard was reading the images (is something still writing to the folder?); "
+            f"nothing was kept: run again once the folder is complete"
+        )
+        self.path = path
+
+
 def cache_root(data: DataTable | None = None) -> Path:
     """Where decoded pixels live: `[data] cache_dir`, else $PIECEBOARD_CACHE, else ~/.cache/pieceboard."""
     if data is not None and data.cache_dir:
@@ -56,6 +67,10 @@ def file_digest(path: Path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def _bytes_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()  # the same as file_digest of a file holding `data`
 
 
 def fingerprint(digests: Iterable[str], image_size: int) -> str:
@@ -82,21 +97,36 @@ def _worker_init() -> None:
         pass
 
 
-def _decode_chunk(args: tuple[list[str], int]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+def _decode_chunk(args: tuple[list[str], int]) -> tuple[np.ndarray, np.ndarray, dict[int, str], list[str | None]]:
+    """Decode files, each from the very bytes whose digest is returned with it (None: the file could not be read).
+
+    The caller compares the digests with those its cache is keyed by: a file written to while it is decoded must not
+    have its pixels (or its failure) remembered under the digest of other content.
+    """
     paths, size = args
     out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     sizes = np.zeros((len(paths), 2), dtype=np.int32)
     errors = {}
+    digests: list[str | None] = []
     for i, path in enumerate(paths):
         try:
-            out[i], sizes[i] = load_rgb_sized(path, size)
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            errors[i] = f"{path}: cannot read the file ({exc.strerror or exc})"
+            digests.append(None)
+            continue
+        digests.append(_bytes_digest(data))
+        try:
+            out[i], sizes[i] = load_rgb_sized(path, size, data)
         except ImageError as exc:
             errors[i] = str(exc)
-    return out, sizes, errors
+    return out, sizes, errors, digests
 
 
 def _decode_all(
     files: list[Path],
+    digests: list[str],
     size: int,
     out: np.ndarray,
     progress: Progress | None,
@@ -111,15 +141,21 @@ def _decode_all(
 
     Returns:
         {index: reason} of the files that could not be decoded.
+
+    Raises:
+        ChangedFile: A file's content is no longer the one `digests` gives for it (it is being written, or changed).
     """
     jobs = [([str(p) for p in files[i : i + DECODE_CHUNK]], size) for i in range(0, len(files), DECODE_CHUNK)]
     errors: dict[int, str] = {}
     pool = multiprocessing.Pool(min(workers or os.cpu_count() or 1, max(1, len(jobs))), initializer=_worker_init)
     try:
         # imap streams results in order; the parent copies each block into the memory map as it arrives.
-        for n, (block, block_sizes, chunk_errors) in enumerate(pool.imap(_decode_chunk, jobs)):
+        for n, (block, block_sizes, chunk_errors, found) in enumerate(pool.imap(_decode_chunk, jobs)):
             check_stop()
             start = n * DECODE_CHUNK
+            changed = [start + i for i, digest in enumerate(found) if digest != digests[start + i]]
+            if changed:
+                raise ChangedFile(files[changed[0]])
             out[start : start + len(block)] = block
             if sizes is not None:
                 sizes[start : start + len(block)] = block_sizes
@@ -183,7 +219,7 @@ def check_images(
         with staged_folder(folder) as tmp:
             out = _new_pixels(tmp, folder.parent, len(files), CHECK_SIZE)
             sizes = np.zeros((len(files), 2), dtype=np.int32)
-            errors = _decode_all(files, CHECK_SIZE, out, progress, "checking images", workers, sizes)
+            errors = _decode_all(files, digests, CHECK_SIZE, out, progress, "checking images", workers, sizes)
             out.flush()
             del out
             np.save(tmp / "sizes.npy", sizes)
@@ -237,7 +273,7 @@ def build_cache(
     if not is_complete(folder):
         with staged_folder(folder, note=json.dumps({"n": len(files), "size": image_size})) as tmp:
             out = _new_pixels(tmp, folder.parent, len(files), image_size)
-            errors = _decode_all(files, image_size, out, progress, f"caching {image_size}px", workers)
+            errors = _decode_all(files, digests, image_size, out, progress, f"caching {image_size}px", workers)
             if errors:
                 raise CacheError(f"{errors[min(errors)]} (it changed since the manifest was made)")
             out.flush()

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pieceboard.cache import cache_root
-from pieceboard.config import DataTable, load_config
+from pieceboard.config import load_config, load_data_table
 from pieceboard.data import (
     Inspection,
     cross_split,
@@ -40,7 +40,7 @@ def check_data(target: str, overrides: list[str] | None = None) -> dict[str, Any
 
     Args:
         target: A folder of class folders, `builtin:<name>`, or a benchmark TOML file.
-        overrides: `--set` overrides, for a benchmark file.
+        overrides: `--set` overrides: any key of a benchmark file; `data.*` keys only with a folder.
 
     Returns:
         The report (see docs/data.md for every key).
@@ -52,7 +52,7 @@ def check_data(target: str, overrides: list[str] | None = None) -> dict[str, Any
         config = load_config(target, overrides)
         data, cells = config.data, config.cells
     else:
-        data, cells = DataTable(path=target), []
+        data, cells = load_data_table(target, overrides), []
     root = resolve_root(data)
     found = inspect_folder(scan_folder(root), cache_root(data))
     is_test = split_images(found, data)

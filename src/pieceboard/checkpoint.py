@@ -65,6 +65,18 @@ class Progress:
     notes: list[str] = field(default_factory=list)  # resumes, and checkpoints that could not be written
 
 
+def saved_epoch(folder: Path) -> int | None:
+    """The epoch of the checkpoint stored in `folder` (`runs/<id>/checkpoint`), or None when there is none to read.
+
+    Only what a line for a person needs (a cell whose worker died: what a rerun continues from); `resume` decides
+    whether the checkpoint is used.
+    """
+    try:
+        return int(json.loads((folder / STATE).read_text(encoding="utf-8"))["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The keys (`epochs`, `data.manifest_sha256`) whose values differ between two stored configurations."""
     keys = []

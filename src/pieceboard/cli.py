@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pieceboard._console import PieceboardError, version_text
+from pieceboard.tracking import benchmark_process, import_wandb_privately
 
 PROBE_TIMEOUT_S = 5.0  # for the one request that tells whether a weights server answers at all
 ACC_FRACTION_HELP = "time to accuracy: the fraction of each run's best accuracy to reach (default 0.95)"
@@ -83,9 +84,11 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 def _check_data(args: argparse.Namespace) -> int:
     from pieceboard._console import wide_console
-    from pieceboard._io import atomic_write_text
+    from pieceboard._io import atomic_write_text, require_writable
     from pieceboard.check import check_data, render, usable
 
+    if args.json:  # a place the report cannot be written is found before the images are decoded, not after
+        require_writable(Path(args.json))
     console = wide_console()
     with console.status("decoding every image once and looking for copies..."):
         report = check_data(args.target, args.overrides)
@@ -97,12 +100,11 @@ def _check_data(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pieceboard.leaderboard import Leaderboard
     from pieceboard.report import write_report
 
     output = _output_dir(args.dir)
     try:
-        path = write_report(output, Leaderboard.from_dir(output, args.acc_fraction), args.mistakes)
+        path = write_report(output, mistakes_of=args.mistakes, acc_fraction=args.acc_fraction)
     except ValueError as exc:  # a --mistakes run that is not there
         raise PieceboardError(f"--mistakes {exc}") from None
     print(f"report: {path}")
@@ -305,7 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("target", help="a folder of class folders, builtin:digits, or a benchmark TOML file")
     check.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    check.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the benchmark file (with a folder: data.test_fraction, data.split, ...)",
+    )
     check.set_defaults(handler=_check_data)
 
     report = sub.add_parser("report", help="write plots and report.html from stored results")
@@ -370,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         from pieceboard.config import check_bench_file
 
         check_bench_file(argv[1:])  # --help, --version and a mistake in the file are answered before torch loads
+        if benchmark_process(getattr(sys, "orig_argv", [])):  # the console script (see pieceboard/__init__.py)
+            import_wandb_privately()
         from pieceboard.bench import main as bench_main
 
         return bench_main(argv[1:])

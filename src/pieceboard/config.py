@@ -244,13 +244,39 @@ def check_bench_file(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def load_data_table(path: str, overrides: list[str] | None = None) -> DataTable:
+    """The `[data]` table of a folder named on the command line (`check-data FOLDER`), with `data.*` overrides.
+
+    Raises:
+        ConfigError: An override of another table, of `data.path`, or a value the table refuses.
+    """
+    raw: dict[str, Any] = {"data": {"path": path}}
+    for item in overrides or []:
+        key = item.partition("=")[0].strip()
+        if not key.startswith("data.") or key == "data.path":
+            raise ConfigError(
+                f"--set {item!r}: with a folder, only the [data] settings apply (data.test_fraction, data.split, "
+                f"data.split_seed, data.cache_dir); give a benchmark file to check it with its other settings"
+            )
+        _apply_override(raw, item, "--set")
+    try:
+        return DataTable.model_validate(raw["data"])
+    except ValidationError as exc:
+        errors = [err | {"loc": ("data", *err["loc"])} for err in exc.errors()]
+        raise ConfigError("\n".join(_describe_all(errors, raw, "--set"))) from None
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a benchmark file (a .toml file, e.g. benchmarks/demo.toml)")
     if not path.is_file():
         raise ConfigError(f"{path}: no such benchmark file")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _parse_value(text: str) -> Any:

@@ -10,6 +10,7 @@ found (pieceboard.dedup) and, with the grouped split, kept on one side of the sp
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -29,6 +30,8 @@ SPLIT_FOLDERS = {"train", "training", "test", "testing", "valid", "validation", 
 ARCHIVES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".7z", ".rar")
 MANIFEST = "manifest.csv"
 MANIFEST_META = "manifest.json"
+CSV_DIGEST = "csv_sha256"  # manifest.json's record of manifest.csv's bytes
+SPLITS = ("train", "test")  # the values of manifest.csv's split column
 DEDUP_VERSION = 1  # bump when pieceboard.dedup finds other groups, so that remembered groups are not reused
 
 
@@ -153,7 +156,7 @@ def _class_of_each(root: Path, rel_paths: list[str]) -> list[str]:
     class_dirs = set(classes)
     empty = _empty_class_dirs(root, class_dirs, merge_splits)
     if empty:
-        raise DataError(f"data.path: class folder {empty[0]} holds no images")
+        raise DataError(f"data.path: class folder {_why_empty(empty[0])}")
     if len(class_dirs) < 2:
         raise DataError(f"data.path: {root} has {len(class_dirs)} class folder(s); a classifier needs at least two")
     return classes
@@ -170,6 +173,17 @@ def _empty_class_dirs(root: Path, classes: set[str], merge_splits: bool) -> list
     return empty
 
 
+def _why_empty(folder: Path) -> str:
+    """Why a class folder gave no images: its name, its permissions, or nothing in it."""
+    try:
+        folder.name.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode kept undecodable bytes as surrogates
+        return f"{str(folder)!r}: its name is not valid UTF-8, so it cannot be a class name; rename it"
+    if not os.access(folder, os.R_OK | os.X_OK):
+        return f"{folder} cannot be read (permission denied); make it readable, or move it out of the data folder"
+    return f"{folder} holds no images"
+
+
 # --- content digests ---------------------------------------------------------------------------------------------
 
 
@@ -182,12 +196,18 @@ def file_digests(root: Path, paths: list[str], known: dict[str, list] | None = N
     known = known or {}
     out = {}
     for rel in paths:
-        stat = (root / rel).stat()
-        previous = known.get(rel)
-        if previous and previous[0] == stat.st_size and previous[1] == stat.st_mtime_ns:
-            out[rel] = previous
-        else:
-            out[rel] = [stat.st_size, stat.st_mtime_ns, file_digest(root / rel)]
+        try:
+            stat = (root / rel).stat()
+            previous = known.get(rel)
+            if previous and previous[0] == stat.st_size and previous[1] == stat.st_mtime_ns:
+                out[rel] = previous
+            else:
+                out[rel] = [stat.st_size, stat.st_mtime_ns, file_digest(root / rel)]
+        except OSError as exc:
+            raise DataError(
+                f"data.path: cannot read {root / rel} ({exc.strerror or exc}); make it readable, or move it out of "
+                f"the data folder"
+            ) from None
     return out
 
 
@@ -419,12 +439,23 @@ def _write_manifest(output: Path, manifest: Manifest, settings: dict, fingerprin
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "label", "split"])
     writer.writerows(rows)
-    # The csv is the split; the json says how it was made. The json goes last: without it the csv is not reused.
-    atomic_write_text(output / MANIFEST, buffer.getvalue())
-    atomic_write_text(output / MANIFEST_META, json.dumps(meta, indent=1))
+    text = buffer.getvalue()
+    # The csv is the split; the json says how it was made, and holds the csv's digest so that an edited or cut csv
+    # is refused instead of being taken for a new split. The json goes last: without it the csv is not reused.
+    atomic_write_text(output / MANIFEST, text)
+    atomic_write_text(output / MANIFEST_META, json.dumps(meta | {CSV_DIGEST: _sha256(text.encode())}, indent=1))
 
 
 def _read_meta(output: Path) -> dict[str, Any] | None:
+    """manifest.json, checked; None when the folder has no split yet.
+
+    With one of the two files missing (a first start killed between their writes, or one deleted) the folder is split
+    again: the split is seeded and the check is cached by content, so an unchanged folder gets the same split back
+    and kept results stay kept.
+
+    Raises:
+        DataError: manifest.json is damaged.
+    """
     csv_path, meta_path = output / MANIFEST, output / MANIFEST_META
     if not csv_path.exists() or not meta_path.exists():
         return None
@@ -432,13 +463,39 @@ def _read_meta(output: Path) -> dict[str, Any] | None:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{meta_path}: not valid JSON ({exc}); delete it and {MANIFEST} to split again") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("fingerprints"), dict):
+    except OSError as exc:
+        raise DataError(f"{meta_path}: cannot be read ({exc.strerror or exc})") from None
+    problem = _meta_problem(meta)
+    if problem:
         raise DataError(
-            f"{meta_path}: written by another version of pieceboard or damaged; use another --output, or delete "
-            f"{meta_path.name} and {MANIFEST} to split again"
+            f"{meta_path}: {problem}: written by another version of pieceboard or damaged; restore it, use another "
+            f"--output, or delete {meta_path.name} and {MANIFEST} to split again (every cell then runs again)"
         )
     meta.setdefault("split", "random")  # folders from before the grouped split were split at random
     return meta
+
+
+# The keys every reader of manifest.json relies on, with their JSON types.
+_META_KEYS = {"path": str, "class_names": list, "skipped": list, "fingerprints": dict}
+
+
+def _meta_problem(meta: Any) -> str | None:
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    for key, kind in _META_KEYS.items():
+        if not isinstance(meta.get(key), kind):
+            return f"'{key}' is missing or not a {kind.__name__}"
+    if not all(isinstance(name, str) for name in meta["class_names"]):
+        return "'class_names' holds something other than names"
+    if not all(isinstance(s, dict) and isinstance(s.get("path"), str) for s in meta["skipped"]):
+        return "'skipped' holds something other than files"
+    if not all(isinstance(f, list) and len(f) == 3 and isinstance(f[2], str) for f in meta["fingerprints"].values()):
+        return "'fingerprints' holds something other than [size, mtime, digest]"
+    return None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def load_manifest(output: Path) -> Manifest:
@@ -453,14 +510,17 @@ def load_manifest(output: Path) -> Manifest:
 
 
 def _manifest_from_files(output: Path, meta: dict[str, Any], root: Path) -> Manifest:
-    with (output / MANIFEST).open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = _read_rows(output, meta)
     names = meta["class_names"]
     index = {name: i for i, name in enumerate(names)}
     paths = [r["path"] for r in rows]
     position = {p: i for i, p in enumerate(paths)}
     fingerprints = meta["fingerprints"]
     groups = meta.get("duplicate_groups")  # absent in folders from before the near-duplicate check
+    try:
+        grouped = [[position[p] for p in g] for g in groups] if groups is not None else None
+    except (KeyError, TypeError):
+        raise DataError(f"{output / MANIFEST_META}: 'duplicate_groups' names images the split does not have") from None
     return Manifest(
         root,
         names,
@@ -471,8 +531,47 @@ def _manifest_from_files(output: Path, meta: dict[str, Any], root: Path) -> Mani
         [fingerprints[p][2] for p in paths],
         meta.get("ignored", 0),
         meta["split"],
-        [[position[p] for p in g] for g in groups] if groups is not None else None,
+        grouped,
     )
+
+
+def _read_rows(output: Path, meta: dict[str, Any]) -> list[dict[str, str]]:
+    """manifest.csv's rows, after checking them against manifest.json: the digest it recorded for the file (folders
+    made before it was recorded: every image of `fingerprints` once, with a known class and split).
+
+    A damaged split is refused, never taken for a new one: that would retrain, and overwrite, every kept result.
+
+    Raises:
+        DataError: The file differs from the one the split was written as; the message names it.
+    """
+    path = output / MANIFEST
+    advice = (
+        "kept results were scored on the split it recorded, so nothing is split or trained again: restore the file, "
+        "or use another --output"
+    )
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if CSV_DIGEST in meta and meta[CSV_DIGEST] != _sha256(data):
+        raise DataError(
+            f"{path}: edited, cut short or replaced since the split was made (its digest differs); {advice}"
+        )
+    try:
+        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); {advice}") from None
+    names, known = set(meta["class_names"]), meta["fingerprints"]
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        if row.get("path") not in known or row.get("label") not in names or row.get("split") not in SPLITS:
+            raise DataError(f"{path}: line {number} is not an image of the split ({_line(row)}); {advice}")
+    if len(rows) != len(known) or len({r["path"] for r in rows}) != len(rows):
+        raise DataError(f"{path}: lists {len(rows)} images where the split has {len(known)}; {advice}")
+    return rows
+
+
+def _line(row: dict[str | None, Any]) -> str:
+    return ",".join(str(v) for k, v in row.items() if k is not None) or "empty"
 
 
 def _reuse_manifest(output: Path, meta: dict[str, Any], settings: dict, scan: Scan) -> Manifest:
@@ -502,9 +601,15 @@ def _reuse_manifest(output: Path, meta: dict[str, Any], settings: dict, scan: Sc
             f"{csv_path}: {len(edited)} image(s) changed content since the split was made (e.g. {edited[0]}), so "
             f"kept results were trained on other pixels; use another --output, or delete that folder to start over"
         )
-    if current != known:  # touched but unchanged: remember the new times so the next start need not re-read them
-        atomic_write_text(output / MANIFEST_META, json.dumps(meta | {"fingerprints": current}, indent=1))
-    return _manifest_from_files(output, meta, scan.root)
+    manifest = _manifest_from_files(output, meta, scan.root)
+    # Touched but unchanged files: remember the new times so the next start need not re-read them; a folder made
+    # before the csv's digest was recorded gets it now (its rows were checked one by one above).
+    if current != known or CSV_DIGEST not in meta:
+        digest = _sha256((output / MANIFEST).read_bytes())
+        atomic_write_text(
+            output / MANIFEST_META, json.dumps(meta | {"fingerprints": current, CSV_DIGEST: digest}, indent=1)
+        )
+    return manifest
 
 
 def group_paths(paths: list[str], groups: list[list[int]]) -> list[list[str]]:

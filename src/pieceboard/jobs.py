@@ -11,6 +11,7 @@ and a worker that dies (out of memory, a crash) fails only the cell it held.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -29,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from pieceboard._console import STOP, check_stop
+from pieceboard._console import STOP, PieceboardError, check_stop, one_line
 from pieceboard._io import StorageError
 from pieceboard.batches import RESIDENT_SHARE
-from pieceboard.checkpoint import Checkpoints
+from pieceboard.checkpoint import Checkpoints, saved_epoch
 from pieceboard.config import Cell, load_config
 from pieceboard.data import Manifest, load_manifest
 from pieceboard.device import make_accelerator
@@ -205,12 +206,21 @@ def _die_with_parent() -> None:
         pass
 
 
+_SIGNALLED: list[str] = []  # the signal that asked this worker to stop, for the parent's record
+
+
 def _on_signal(signum: int, frame: object) -> None:
+    _SIGNALLED.append(signal.Signals(signum).name)
     STOP.set()  # the cell stops at its next step; the parent records it as skipped
 
 
 def worker_main(events_fd: int) -> None:
-    """Serve cells read from stdin until it closes; report on `events_fd` (see the module docstring)."""
+    """Serve cells read from stdin until it closes; report on `events_fd` (see the module docstring).
+
+    Nothing here ends in a traceback: an error outside a cell's training (the benchmark file or the manifest changed
+    since the parent read them, a full disk when storing a result) is sent to the parent as one `fatal` line, and
+    the worker exits; the parent decides what it means for the benchmark.
+    """
     _die_with_parent()
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)  # Ctrl-C reaches the whole process group: stop like the parent
@@ -220,32 +230,45 @@ def worker_main(events_fd: int) -> None:
             message = {"kind": kind, **payload} | ({"event": event} if event is not None else {})
             events.write(json.dumps(message) + "\n")
 
-        spec = WorkerSpec(**json.loads(sys.stdin.readline()))
-        import torch
+        try:
+            spec = WorkerSpec(**json.loads(sys.stdin.readline()))
+            import torch
 
-        torch.set_num_threads(spec.threads)
-        config = load_config(spec.source, spec.overrides)
-        cells = {cell.id: cell for cell in config.cells}
-        output = Path(spec.output)
-        manifest = load_manifest(output)
-        tracker = Tracker(spec.wandb_mode, spec.wandb_project, output, spec.group)
-        send("ready")
-        for line in sys.stdin:
-            task = CellTask(**json.loads(line))
-            data = run_data(manifest, task, spec.sharers)
-            try:
-                check_stop()
-                report = functools.partial(send, "event")
-                outcome = run_cell(cells[task.cell_id], task, data, manifest, tracker, report, output)
-            except KeyboardInterrupt:
-                tracker.finish(failed=True)
-                send("stopped", cell_id=task.cell_id)
-                return
-            store(output, outcome, task)
-            send("done", cell_id=task.cell_id, result=outcome.result.to_dict(), trace=outcome.trace)
+            torch.set_num_threads(spec.threads)
+            config = load_config(spec.source, spec.overrides)
+            cells = {cell.id: cell for cell in config.cells}
+            output = Path(spec.output)
+            manifest = load_manifest(output)
+            tracker = Tracker(
+                spec.wandb_mode, spec.wandb_project, output, spec.group, warn=lambda text: send("note", text=text)
+            )
+            send("ready")
+            for line in sys.stdin:
+                task = CellTask(**json.loads(line))
+                try:
+                    check_stop()
+                    data = run_data(manifest, task, spec.sharers)
+                    report = functools.partial(send, "event")
+                    outcome = run_cell(cells[task.cell_id], task, data, manifest, tracker, report, output)
+                except KeyboardInterrupt:
+                    tracker.finish(failed=True)
+                    send("stopped", cell_id=task.cell_id, signal=(_SIGNALLED or ["SIGTERM"])[0])
+                    return
+                store(output, outcome, task)
+                send("done", cell_id=task.cell_id, result=outcome.result.to_dict(), trace=outcome.trace)
+        except KeyboardInterrupt:  # a stop before the first cell: nothing to record
+            return
+        except Exception as exc:
+            user = isinstance(exc, PieceboardError)  # the user's input or disk: the parent stops with this line
+            send("fatal", error=str(exc) if user else one_line(exc), user=user)
+            sys.exit(1)
 
 
 # --- the pool, in the main process --------------------------------------------------------------------------------
+
+
+WORKER_COMMAND = [sys.executable, "-m", "pieceboard.jobs"]  # followed by the events pipe's descriptor
+START_FAILURES = 3  # workers that may die before they are ready (killed from outside) before the pool gives up
 
 
 @dataclass
@@ -254,25 +277,27 @@ class _Worker:
     slot: int
     task: CellTask | None = None
     ready: bool = False
+    fatal: str | None = None  # what the worker reported before it exited, if anything
 
 
 @dataclass
 class PoolEvent:
-    """Something a worker reported: `event` (training progress) or `done` (a result)."""
+    """Something a worker reported: `event` (training progress), `done` (a result) or `note` (a line to show)."""
 
     kind: str
-    cell_id: str
+    cell_id: str | None
     event: dict[str, Any] = field(default_factory=dict)
     result: RunResult | None = None
     trace: str | None = None
-
-
-class WorkerError(RuntimeError):
-    """A worker could not start (it died before it was ready)."""
+    text: str | None = None
 
 
 class WorkerPool:
     """Worker processes, one per slot (a device and a thread count), fed from one queue of cells.
+
+    Every cell handed to the pool gets a `done` event: its result, or a failed or skipped one saying why it did not
+    complete (its worker died or was stopped, or no worker could start). A worker that dies or is stopped is replaced
+    while cells are left.
 
     Args:
         spec: What every worker shares; `sharers` is set per slot.
@@ -284,6 +309,7 @@ class WorkerPool:
         self.messages: queue.Queue[tuple[int, dict[str, Any] | None]] = queue.Queue()
         self.workers: dict[int, _Worker] = {}
         self._next_id = 0
+        self._start_failures = 0
 
     def _start(self, slot: int) -> None:
         read_fd, write_fd = os.pipe()
@@ -295,7 +321,7 @@ class WorkerPool:
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
         process = subprocess.Popen(
-            [sys.executable, "-m", "pieceboard.jobs", str(write_fd)],
+            [*WORKER_COMMAND, str(write_fd)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             env=env,
@@ -306,8 +332,15 @@ class WorkerPool:
         worker_id, self._next_id = self._next_id, self._next_id + 1
         self.workers[worker_id] = _Worker(process, slot)
         threading.Thread(target=self._read, args=(worker_id, read_fd), daemon=True).start()
-        process.stdin.write(json.dumps(dataclasses.asdict(spec)) + "\n")
-        process.stdin.flush()
+        self._write(self.workers[worker_id], json.dumps(dataclasses.asdict(spec)))
+
+    @staticmethod
+    def _write(worker: _Worker, line: str) -> None:
+        try:
+            worker.process.stdin.write(line + "\n")
+            worker.process.stdin.flush()
+        except BrokenPipeError:  # it died already: its pipe closing says so next
+            pass
 
     def _read(self, worker_id: int, fd: int) -> None:
         with os.fdopen(fd, encoding="utf-8") as pipe:
@@ -319,20 +352,21 @@ class WorkerPool:
         worker = self.workers[worker_id]
         if not tasks or STOP.is_set():
             worker.task = None
-            worker.process.stdin.close()  # no more work: the worker's loop ends
+            with contextlib.suppress(BrokenPipeError):
+                worker.process.stdin.close()  # no more work: the worker's loop ends
             return
         worker.task = tasks.pop(0)
-        worker.process.stdin.write(json.dumps(dataclasses.asdict(worker.task)) + "\n")
-        worker.process.stdin.flush()
+        self._write(worker, json.dumps(dataclasses.asdict(worker.task)))
 
     def run(self, tasks: list[CellTask]) -> Iterator[PoolEvent]:
-        """Run every task; yields progress events and one `done` event per cell run, as they happen.
+        """Run every task; yields progress events, notes, and one `done` event per cell, as they happen.
 
         On a stop (Ctrl-C, SIGTERM) no new cell starts and workers stop their cell at the next step; stopped cells and
         cells never started are left to the caller. Nothing of a worker outlives the pool.
 
         Raises:
-            WorkerError: A worker died before it was ready (its stderr says why).
+            PieceboardError: A worker found a problem with the user's input or the disk (one line, e.g. a full disk
+                when storing a result); the other workers are stopped.
         """
         pending = list(tasks)
         for slot in range(min(len(self.slots), len(pending))):
@@ -356,17 +390,8 @@ class WorkerPool:
 
     def _handle(self, worker_id: int, message: dict[str, Any] | None, pending: list[CellTask]) -> Iterator[PoolEvent]:
         worker = self.workers[worker_id]
-        if message is None:  # exited: normally after its stdin closed, otherwise it died
-            code = worker.process.wait()
-            del self.workers[worker_id]
-            if not worker.ready:
-                raise WorkerError(f"a worker process exited with code {code} before it was ready")
-            if worker.task is not None:
-                died = _died(worker.task, code)
-                save_result(Path(self.spec.output), died.result)
-                yield died
-                if pending and not STOP.is_set():
-                    self._start(worker.slot)
+        if message is None:
+            yield from self._exited(worker_id, pending)
             return
         kind = message["kind"]
         if kind == "ready":
@@ -374,19 +399,63 @@ class WorkerPool:
             self._assign(worker_id, pending)
         elif kind == "event":
             yield PoolEvent("event", worker.task.cell_id, event=message["event"])
+        elif kind == "note":
+            yield PoolEvent("note", worker.task.cell_id if worker.task else None, text=message["text"])
         elif kind == "done":
             result = RunResult(**message["result"])
+            worker.task = None
             yield PoolEvent("done", message["cell_id"], result=result, trace=message.get("trace"))
             self._assign(worker_id, pending)
         elif kind == "stopped":
-            worker.task = None  # its pipe closing next is not a death
+            task, worker.task = worker.task, None
+            if not STOP.is_set():  # stopped by a signal to the worker alone: the benchmark goes on without its cell
+                reason = (
+                    f"its worker process was stopped ({message.get('signal', 'SIGTERM')}) before the cell finished; "
+                    f"rerun to continue{self._resumes_from(task.cell_id, ' from')}"
+                )
+                yield self._record(RunResult(id=task.cell_id, status="skipped", config=task.stored_config,
+                                             error=reason, cache_s=task.cache_s))  # fmt: skip
+        elif kind == "fatal":
+            if message.get("user"):
+                raise PieceboardError(message["error"])
+            worker.fatal = message["error"]
+
+    def _exited(self, worker_id: int, pending: list[CellTask]) -> Iterator[PoolEvent]:
+        """A worker's pipe closed: normally after its stdin closed; else it died, was stopped, or could not start."""
+        worker = self.workers.pop(worker_id)
+        code = worker.process.wait()
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        if worker.task is not None:
+            yield self._record(_died(worker.task, how, worker.fatal, self._resumes_from(worker.task.cell_id)))
+        if not worker.ready:
+            self._start_failures += 1
+        # A worker that reported an error before it was ready would fail the same way again; one killed would not.
+        gave_up = (not worker.ready and worker.fatal is not None) or self._start_failures >= START_FAILURES
+        if pending and not STOP.is_set() and not gave_up:
+            self._start(worker.slot)
+        if pending and not self.workers and not STOP.is_set():  # nobody is left to run them
+            why = worker.fatal or how
+            for task in list(pending):
+                error = f"WorkerDied: no worker process could start to run this cell (the last one ended: {why})"
+                yield self._record(RunResult(id=task.cell_id, status="failed", config=task.stored_config,
+                                             error=error, cache_s=task.cache_s))  # fmt: skip
+            pending.clear()
+
+    def _resumes_from(self, cell_id: str, lead: str = "; a rerun continues from") -> str:
+        """What a rerun of a cell that did not finish continues from (its checkpoint), for its row; "" if none."""
+        epoch = saved_epoch(run_dir(Path(self.spec.output), cell_id) / CHECKPOINT)
+        return f"{lead} its checkpoint after epoch {epoch}" if epoch else ""
+
+    def _record(self, result: RunResult) -> PoolEvent:
+        """A result the worker could not store itself: stored here, and reported as done."""
+        save_result(Path(self.spec.output), result)
+        return PoolEvent("done", result.id, result=result)
 
 
-def _died(task: CellTask, code: int) -> PoolEvent:
-    how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-    error = f"WorkerDied: the worker process running this cell ended ({how}); out of memory is the usual cause"
-    result = RunResult(id=task.cell_id, status="failed", config=task.stored_config, error=error, cache_s=task.cache_s)
-    return PoolEvent("done", task.cell_id, result=result)
+def _died(task: CellTask, how: str, fatal: str | None, resume: str) -> RunResult:
+    cause = f": {fatal}" if fatal else "; out of memory is the usual cause" if how == "signal SIGKILL" else ""
+    error = f"WorkerDied: the worker process running this cell ended ({how}){cause}{resume}"
+    return RunResult(id=task.cell_id, status="failed", config=task.stored_config, error=error, cache_s=task.cache_s)
 
 
 if __name__ == "__main__":

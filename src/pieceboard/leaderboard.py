@@ -277,6 +277,11 @@ def read_predictions(folder: Path, result: RunResult) -> Predictions:
     path = folder / PREDICTIONS
     try:
         rows = load_predictions(folder)
+        # A row with fields missing (or too many) is a file cut short or edited: said before any field is read.
+        cut = next((n for n, row in enumerate(rows, start=2) if None in row.values() or None in row), None)
+        if cut is not None:
+            fields = len([key for key in rows[0] if key is not None])
+            raise ValueError(f"line {cut} does not have the {fields} fields of its header (the file is cut or edited)")
         paths = [row["path"] for row in rows]
         pairs = [(row["label"], row["prediction"]) for row in rows]
         confidence = (

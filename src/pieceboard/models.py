@@ -119,29 +119,40 @@ def _hub_cached_file(model_name: str) -> str | None:
     return None
 
 
-def resolve_weights(model_name: str, mode: str, weights: str | None, source: str | None = None) -> str | None:
+def resolve_weights(
+    model_name: str, mode: str, weights: str | None, source: str | None = None, image_size: int | None = None
+) -> str | None:
     """Find the pretrained weights a run needs, without touching the network.
+
+    A run's own `weights` file is opened and checked (`check_weights_file`) without running anything in it.
 
     Args:
         model_name: A timm name.
         mode: scratch, finetune or linear_probe.
         weights: The run's `weights` file, if it names one.
         source: The benchmark file, for the `pieceboard prefetch` command the message gives.
+        image_size: The run's image size (the MLP's first layer depends on it); default the model's own.
 
     Returns:
         A local file to load, or None for a scratch run.
 
     Raises:
-        WeightsError: Naming the model, the file looked for and how to provide it.
+        WeightsError: Naming the model, the file looked for or what is wrong with it, and how to provide it.
     """
     if mode == "scratch":
         return None
     if weights is not None:
         path = Path(weights).expanduser()
+        if path.is_dir():
+            inside = path / MODEL_WEIGHTS  # a model folder pieceboard kept (runs/<id>/model) holds its file here
+            name = inside if inside.is_file() else "the .safetensors file inside it"
+            raise WeightsError(f"{model_name}: weights {path} is a folder; set weights to {name}")
         if not path.is_file():
             raise WeightsError(f"{model_name}: weights file {path} does not exist")
-        if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+        if path.suffix not in WEIGHT_SUFFIXES:
             raise WeightsError(f"{model_name}: weights file {path} must be .safetensors (or .pth/.pt/.bin)")
+        stat = path.stat()
+        check_weights_file(model_name, str(path), image_size, stat.st_size, stat.st_mtime_ns)
         return str(path)
     cached = _hub_cached_file(model_name)
     if cached:
@@ -158,6 +169,126 @@ def resolve_weights(model_name: str, mode: str, weights: str | None, source: str
         f"run `pieceboard prefetch {source or 'FILE.toml'}` while online, or set "
         'weights = "path/to/model.safetensors" in the run'
     )
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+_ZIP, _PICKLE = b"PK\x03\x04", b"\x80"  # a torch.save file (zip, since torch 1.6); an older one starts as a pickle
+# What torch.save writes for a state dict (tensors and their storages in an OrderedDict): any other global in its
+# pickle is a Python object that loading would construct, which a weights file never needs.
+_TENSOR_GLOBALS = {("collections", "OrderedDict"), ("torch", "Size"), ("torch._tensor", "_rebuild_from_type_v2")}
+
+
+@functools.lru_cache(maxsize=64)
+def check_weights_file(model_name: str, path: str, image_size: int | None, size: int, mtime_ns: int) -> None:
+    """Open a run's weights file and check it can be what timm loads, without running anything in it.
+
+    A safetensors file (by its content, whatever its name) must have a readable header and, for every tensor of the
+    model but its classifier (which timm replaces), one of the same name and shape: timm loads pretrained weights
+    non-strictly once the classifier is replaced, so a file that does not fit would otherwise leave layers silently
+    random. A PyTorch file (.pth/.pt/.bin) is never unpickled here: its pickle is read as opcodes, and it must hold
+    tensors only (no pickled modules or other objects); its tensor names are checked when the run loads it. `size`
+    and `mtime_ns` key the cache: an edited file is checked again.
+
+    Raises:
+        WeightsError: What the file is and what is wrong, naming it.
+    """
+    where = f"{model_name}: weights file {path}"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise WeightsError(f"{where} cannot be read ({exc.strerror or exc})") from None
+    if _looks_like_safetensors(head):
+        if not path.endswith(".safetensors"):
+            raise WeightsError(f"{where} holds safetensors data: name it .safetensors so that it is read as such")
+        _check_tensors(model_name, where, _safetensors_shapes(path, where), image_size)
+    elif head.startswith(_ZIP):
+        if path.endswith(".safetensors"):
+            raise WeightsError(f"{where} is a PyTorch (torch.save) file, not safetensors: name it .pth")
+        _check_pickle(path, where)
+    elif head.startswith(_PICKLE):
+        raise WeightsError(
+            f"{where} is a PyTorch file in the format before torch 1.6, which pieceboard does not read; save the "
+            f"state dict again with torch.save, or as .safetensors"
+        )
+    else:
+        shown = head[:8].decode("ascii", "replace").encode("unicode_escape").decode()
+        raise WeightsError(f"{where} is not a weights file (neither safetensors nor torch.save; it starts {shown!r})")
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    # 8 bytes of little-endian header length, then the header's JSON.
+    return len(head) >= 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 1 << 27
+
+
+def _safetensors_shapes(path: str, where: str) -> dict[str, tuple[int, ...]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {key.removeprefix("module."): tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{where} is not a valid safetensors file ({exc})") from None
+
+
+def _check_tensors(model_name: str, where: str, found: dict[str, tuple[int, ...]], image_size: int | None) -> None:
+    kwargs = {"img_size": image_size} if is_mlp(model_name) and image_size else {}
+    with torch.device("meta"):
+        model = timm.create_model(model_name, pretrained=False, **kwargs)
+    classifiers = model.pretrained_cfg.get("classifier") or ()
+    replaced = {f"{name}.{part}" for name in ([classifiers] if isinstance(classifiers, str) else classifiers)
+                for part in ("weight", "bias")}  # fmt: skip
+    wanted = {
+        key: tuple(tensor.shape)
+        for key, tensor in model.state_dict().items()
+        if key not in replaced and not key.endswith("num_batches_tracked")
+    }
+    missing = [key for key in wanted if key not in found]
+    if missing:
+        raise WeightsError(
+            f"{where} does not fit {model_name}: {len(missing)} of its {len(wanted)} tensors are not in the file "
+            f"(e.g. {missing[0]}); it must be a state dict of that architecture with timm's names"
+        )
+    # The MLP's first layer depends on the image size: without one, only the names can be checked.
+    other = [key for key in wanted if found[key] != wanted[key]] if image_size or not is_mlp(model_name) else []
+    if other:
+        key = other[0]
+        size = f" at image_size {image_size}" if kwargs else ""
+        raise WeightsError(
+            f"{where} does not fit {model_name}{size}: {len(other)} tensor(s) of another shape (e.g. {key}: "
+            f"{list(found[key])} in the file, {list(wanted[key])} in the model)"
+        )
+
+
+def _check_pickle(path: str, where: str) -> None:
+    import pickletools
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if name is None:
+                raise WeightsError(f"{where} is a zip file but not a torch.save file (it has no data.pkl)")
+            opcodes = list(pickletools.genops(archive.read(name)))
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise WeightsError(f"{where} is a damaged torch.save file ({exc})") from None
+    for opcode, arg, _ in opcodes:
+        if opcode.name in ("STACK_GLOBAL", "INST", "OBJ"):  # not what torch.save writes (pickle protocol 2)
+            raise WeightsError(
+                f"{where} was not written by torch.save's default pickle protocol, so pieceboard cannot see what it "
+                f"holds without unpickling it; save the state dict with safetensors.torch.save_file"
+            )
+        if opcode.name == "GLOBAL":
+            module, _, attribute = str(arg).partition(" ")
+            tensor_part = (module == "torch" and attribute.endswith("Storage")) or (
+                module == "torch._utils" and attribute.startswith("_rebuild_")
+            )
+            if not tensor_part and (module, attribute) not in _TENSOR_GLOBALS:
+                raise WeightsError(
+                    f"{where} holds a pickled Python object ({module}.{attribute}), not only tensors, and is not "
+                    f"loaded (unpickling it could run code); save the model's state_dict() instead, ideally with "
+                    f"safetensors.torch.save_file"
+                )
 
 
 def build_model(model_name: str, mode: str, num_classes: int, image_size: int, weights_file: str | None) -> nn.Module:

@@ -31,8 +31,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from PIL import Image
 
 from pieceboard._image import to_rgb
-from pieceboard._io import atomic_write_bytes, atomic_write_text
+from pieceboard._io import atomic_write_bytes, atomic_write_text, lock_folder, storage_errors
 from pieceboard.leaderboard import (
+    ACC_FRACTION,
     ALPHA,
     COLUMNS,
     SEED_COLUMNS,
@@ -599,39 +600,51 @@ def _page(
     return f'<!doctype html>\n<html lang="en"><head>{head}</head><body>\n' + "\n".join(parts) + "\n</body></html>\n"
 
 
-def write_report(output: str | Path, board: Leaderboard | None = None, mistakes_of: Iterable[str] = ()) -> Path:
+def write_report(
+    output: str | Path,
+    board: Leaderboard | None = None,
+    mistakes_of: Iterable[str] = (),
+    acc_fraction: float = ACC_FRACTION,
+) -> Path:
     """Draw every plot into `output/plots/` and write the self-contained `output/report.html`.
+
+    One writer at a time (`plots/.lock`; a second one waits): a `pieceboard report` and the end of a benchmark that
+    overlap write one after the other, each from the results as they are once it holds the lock, so the report left
+    is the newest and no writer deletes the plots of a run it did not see.
 
     Args:
         output: A benchmark's output folder.
-        board: Its leaderboard; default `Leaderboard.from_dir(output)`.
+        board: Its leaderboard; default `Leaderboard.from_dir(output, acc_fraction)`, read once the lock is held.
         mistakes_of: Runs whose mistakes the gallery shows besides the leader's.
+        acc_fraction: For the default board: the fraction of each run's best accuracy for time to accuracy.
 
     Returns:
         The path of report.html.
 
     Raises:
         ValueError: A run in `mistakes_of` is not a completed run of the board.
-        StorageError: A file could not be written.
+        StorageError: A file could not be written (a folder in its place, a full disk, ...).
     """
     output = Path(output)
-    board = board if board is not None else Leaderboard.from_dir(output)
-    done = [row["id"] for row in board.rows if row["status"] == "completed"]
-    chosen = list(dict.fromkeys([*done[:1], *mistakes_of]))
-    for run_id in chosen:
-        if run_id not in board.predictions:
-            raise ValueError(f"{run_id}: not a completed run of {output} (completed: {', '.join(done) or 'none'})")
-    root = manifest_meta(output).get("path")
-    gallery = [
-        _gallery(run_id, board.predictions[run_id], board.results[run_id], Path(root) if root else None)
-        for run_id in chosen
-    ]
-    shared, per_run = _plots(board)
-    written = {plot.name for plot in shared} | {plot.name for plots in per_run.values() for plot in plots}
-    for plot in [*shared, *(p for plots in per_run.values() for p in plots)]:
-        atomic_write_bytes(output / PLOTS / plot.name, plot.png)
-    for stale in (output / PLOTS).glob("*.png"):  # pictures of runs or axes that are gone would mislead
-        if stale.name not in written:
-            stale.unlink()
-    atomic_write_text(output / REPORT, _page(output, board, shared, per_run, gallery))
+    with lock_folder(output / PLOTS, f"writing {output / REPORT}", wait=True):
+        board = board if board is not None else Leaderboard.from_dir(output, acc_fraction)
+        done = [row["id"] for row in board.rows if row["status"] == "completed"]
+        chosen = list(dict.fromkeys([*done[:1], *mistakes_of]))
+        for run_id in chosen:
+            if run_id not in board.predictions:
+                raise ValueError(f"{run_id}: not a completed run of {output} (completed: {', '.join(done) or 'none'})")
+        root = manifest_meta(output).get("path")
+        gallery = [
+            _gallery(run_id, board.predictions[run_id], board.results[run_id], Path(root) if root else None)
+            for run_id in chosen
+        ]
+        shared, per_run = _plots(board)
+        written = {plot.name for plot in shared} | {plot.name for plots in per_run.values() for plot in plots}
+        for plot in [*shared, *(p for plots in per_run.values() for p in plots)]:
+            atomic_write_bytes(output / PLOTS / plot.name, plot.png)
+        for stale in (output / PLOTS).glob("*.png"):  # pictures of runs or axes that are gone would mislead
+            if stale.name not in written and stale.is_file():
+                with storage_errors(stale):
+                    stale.unlink()
+        atomic_write_text(output / REPORT, _page(output, board, shared, per_run, gallery))
     return output / REPORT
