@@ -7,7 +7,7 @@ for later workers):
 
 - `ok`: ready, then a completed result for every cell it is given;
 - `die`: killed (SIGKILL) before it is ready;
-- `fatal`: reports an error before it is ready and exits, as a worker that cannot read the benchmark does;
+- `fatal`: reports an error before it is ready and exits, as a worker that cannot start does;
 - `user`: the same with an error in the user's input or disk (`user`: true);
 - `stop`: ready, then reports its first cell `stopped` by SIGTERM and exits, as a worker sent SIGTERM does.
 """

@@ -145,7 +145,7 @@ def _pool_run(tmp_path: Path, monkeypatch, plan: list[str], cells: int, slots: i
     monkeypatch.setenv("FAKE_WORKER_PLAN", json.dumps(plan))
     monkeypatch.setenv("FAKE_WORKER_STARTS", str(starts))
     monkeypatch.setattr(jobs, "WORKER_COMMAND", [sys.executable, str(FAKE_WORKER)], raising=False)
-    spec = jobs.WorkerSpec({}, [], str(tmp_path / "out"), "off", "p", "g", threads=1)
+    spec = jobs.WorkerSpec(str(tmp_path / "out"), "off", "p", "g", threads=1)
     tasks = [jobs.CellTask(f"c{i}", {"run": f"c{i}"}, "no", None, "", None, 0.0) for i in range(cells)]
     return list(jobs.WorkerPool(spec, [None] * slots).run(tasks))
 

@@ -152,11 +152,12 @@ class Display:
             last["loss"] = event["train/loss"]
             done = (event["epoch"] - 1) * event["steps"] + event["step"] + 1
             total = epochs * event["steps"]
-        else:
-            last["acc"] = event["accuracy"]
+        else:  # an epoch's evaluation: of the validation split when there is one
+            last["acc"] = event["val_accuracy"] if "val_accuracy" in event else event["accuracy"]
+            last["split"] = "val acc" if "val_accuracy" in event else "acc"
         text = f"{cell_id} epoch {event['epoch']}/{epochs}"
         text += f" loss {last['loss']:.3f}" if "loss" in last else ""
-        text += f" acc {last['acc']:.3f}" if "acc" in last else ""
+        text += f" {last['split']} {last['acc']:.3f}" if "acc" in last else ""
         self.progress.update(task, description=text, completed=done, total=total)
 
     def skip(self, text: str) -> None:
@@ -170,10 +171,13 @@ class Display:
             self.progress.remove_task(self.cells.pop(result.id)[0])
         self.progress.advance(self.matrix)
         if result.status == "completed":
-            m = result.metrics
+            # A tuning trial has validation figures only; a tuned cell says what its trials chose.
+            m, prefix = (result.metrics, "") if result.metrics else (result.val_metrics, "val ")
+            chosen = (result.tuning or {}).get("chosen")
+            tuned = " with " + ", ".join(f"{k}={v}" for k, v in chosen.items()) if chosen else ""
             self.note(
-                f"[green]done[/green] {result.id}: acc {m['accuracy']:.4f} F1 {m['f1_macro']:.4f} "
-                f"in {result.train_s:.1f}s ({result.train_img_s:.0f} img/s)"
+                f"[green]done[/green] {escape(result.id)}{escape(tuned)}: {prefix}acc {m['accuracy']:.4f} "
+                f"{prefix}F1 {m['f1_macro']:.4f} in {result.train_s:.1f}s ({result.train_img_s:.0f} img/s)"
             )
             return
         if trace:

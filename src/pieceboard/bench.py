@@ -6,7 +6,8 @@
 
 One process (the usual case) runs the cells in `jobs` worker processes side by side (pieceboard.jobs); under a
 launcher with several processes, every process trains each cell together (`parallel = "data"`) or each runs its
-own share of the cells (`parallel = "cells"`).
+own share of the cells (`parallel = "cells"`). With `[tune]`, every cell's trials run first, the same way (they are
+cells too); each cell then trains with the values its trials chose on the validation split (pieceboard.tune).
 
 Exit codes: 0 every run completed; 1 some run did not complete (it failed, or its worker died or was stopped; the
 others still ran and were written); 2 the input is wrong (one message, nothing trained); 130 interrupted (finished
@@ -24,12 +25,13 @@ if __name__ == "__main__":  # `python -m pieceboard.bench`: a mistake in the fil
 
 import functools
 import hashlib
+import json
 import os
 import shutil
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,7 @@ from pieceboard.data import MANIFEST, Manifest, cross_split, make_manifest, reso
 from pieceboard.device import device_type, resolve_precision
 from pieceboard.jobs import CellTask, WorkerPool, WorkerSpec, run_cell, run_data, store
 from pieceboard.leaderboard import Leaderboard, check_predictions
-from pieceboard.models import probe, resolve_weights
+from pieceboard.models import has_drop_path, probe, resolve_weights
 from pieceboard.report import write_report
 from pieceboard.results import (
     CHECKPOINT,
@@ -65,11 +67,13 @@ from pieceboard.results import (
     RUNS,
     RunResult,
     finished,
+    is_trial,
     read_result,
     run_dir,
     save_result,
 )
 from pieceboard.tracking import Tracker, check_mode, resolve_mode
+from pieceboard.tune import all_failed, choose
 
 GPU_PACK = 4  # cells per GPU with jobs = "auto": 4 resnet18 trainings side by side gave 3.9x the throughput of one
 # on an H200 (the step is launch-bound); more would contend for memory with larger models
@@ -87,6 +91,7 @@ class Plan:
     cost: float  # relative training cost, to start the longest cells first
     problem: str | None = None  # what stops this cell (only collected by a dry run)
     params: int = 0  # of the model: the size of its checkpoints and model folder
+    keeps_model: bool = True  # a tuning trial keeps none
 
 
 def _main_first(state: PartialState, work: Callable[[], Any]) -> Any:
@@ -109,8 +114,9 @@ def _main_first(state: PartialState, work: Callable[[], Any]) -> Any:
     return result if state.is_main_process else work()
 
 
-def _preflight(config: Config, processes: int, strict: bool = True) -> dict[str, Plan]:
-    """Everything that can be wrong before training: batch split, weights, image size and precision of each cell.
+def _preflight(config: Config, cells: list[Cell], processes: int, strict: bool = True) -> dict[str, Plan]:
+    """Everything that can be wrong before training: batch split, weights, image size, drop path and precision of
+    each cell (or trial).
 
     Raises:
         PieceboardError: The first problem found, unless `strict` is False (then each plan names its problem).
@@ -118,7 +124,7 @@ def _preflight(config: Config, processes: int, strict: bool = True) -> dict[str,
     plans = {}
     device = device_type()
     where = config.path or "<config>"
-    for cell in config.cells:
+    for cell in cells:
         try:
             plans[cell.id] = _plan(cell, processes, device, str(config.path) if config.path else None)
         except PieceboardError as exc:
@@ -141,17 +147,25 @@ def _plan(cell: Cell, processes: int, device: str, source: str | None) -> Plan:
             f"batch_size {batch} is the global batch and must divide evenly over the {processes} processes (e.g. "
             f"{processes * max(1, batch // processes)})"
         )
+    if cell.settings.drop_path and not has_drop_path(cell.model):
+        raise PieceboardError(
+            f"key 'drop_path': {cell.model} has no stochastic depth (timm's drop_path_rate); set drop_path only in "
+            "the runs of models that have it"
+        )
     weights = resolve_weights(cell.model, cell.mode, cell.weights, source, cell.settings.image_size)
     traits = probe(cell.model, cell.settings.image_size)
     precision = resolve_precision(cell.settings.precision, device, traits.depthwise, traits.strided_conv_on_one_pixel)
     # Training costs about 3 forward passes per image; the split is the same for every cell.
-    return Plan(weights, precision, 3 * traits.gflops * cell.settings.epochs, params=traits.params)
+    cost = 3 * traits.gflops * cell.settings.epochs
+    return Plan(weights, precision, cost, params=traits.params, keeps_model=cell.trial_of is None)
 
 
 def _stored_config(cell: Cell, config: Config, manifest_digest: str) -> dict[str, Any]:
     # The manifest's digest ties a stored result to the exact split it was scored on: a re-split folder reruns it.
     data = config.data.model_dump(exclude={"cache_dir"}) | {"manifest_sha256": manifest_digest}
-    return cell.to_dict() | {"data": data}
+    # A tuned cell's settings hold the values its trials chose; how it was tuned (space, budget) is part of it too.
+    tune = {"tune": config.tuning(cell)} if config.tune is not None and cell.trial_of is None else {}
+    return cell.to_dict() | {"data": data} | tune
 
 
 def _manifest_digest(output: Path) -> str:
@@ -188,9 +202,11 @@ def run(
     state = PartialState(cpu=device_type() == "cpu")
     main = state.is_main_process
     console = console or wide_console()
-    plans = _preflight(config, state.num_processes)
+    trials = {cell.id: config.trials.get(cell.id, []) for cell in config.cells}
+    plans = _preflight(config, [*config.cells, *(t for group in trials.values() for t in group)], state.num_processes)
     check_mode(resolve_mode(config.benchmark.wandb), _project(config))
-    with ExitStack() as held, Display(console, len(config.cells), main) as display:
+    total = len(config.cells) + sum(map(len, trials.values()))
+    with ExitStack() as held, Display(console, total, main) as display:
         # One benchmark per output folder: a second writer stops here, naming the first (issue: two splits mixed).
         what = f"pieceboard bench {source}" if not isinstance(source, dict) else "pieceboard.run(...)"
         _main_first(state, lambda: held.enter_context(lock_folder(output, what)) if main else None)
@@ -200,22 +216,19 @@ def run(
         _describe(config, manifest, state, output, display)
         if main and (line := _tracker(config, output).describe()):
             display.note(escape(line))
-        results, todo = _kept(config, output, digest, display)
-        if main:  # a full disk found after training would lose the result: look before
-            if not config.benchmark.keep_checkpoints:  # left by a kill between a result and its clean-up
-                for result in results:
-                    shutil.rmtree(run_dir(output, result.id) / CHECKPOINT, ignore_errors=True)
-            at_once = _at_once(config, state.num_processes, len(todo), jobs, threads)
-            _check_space(config, output, manifest, [plans[c.id] for c in todo], at_once)
+        session = _Session(config, state, manifest, plans, digest, output, display, jobs, threads)
+        share = state.num_processes > 1 and config.benchmark.parallel == "cells"
+        # With parallel = "cells" each process takes whole cells, trials included: its choices need no other's trials.
+        mine = _share(session, trials) if share else config.cells
+        results: list[RunResult] = []
         try:
-            if todo:
-                tasks = _tasks(config, state, manifest, todo, plans, digest, output, display)
-                if state.num_processes > 1 and config.benchmark.parallel == "data":
-                    results += _run_here(config, state, manifest, tasks, output, display)
-                else:
-                    results += _run_in_workers(
-                        config, state, manifest, tasks, plans, output, display, source, overrides, jobs, threads
-                    )
+            try:
+                results = _train(session, mine, trials)
+            finally:
+                if share:  # also after a failure: the main process waits for every mark
+                    (make_folder(output / RANKS) / str(state.process_index)).write_text("done\n")
+            if share and main:
+                results = _gather_ranks(output, state.num_processes, [c.id for c in config.cells], results)
             check_stop()
         except KeyboardInterrupt:
             if main:
@@ -230,13 +243,89 @@ def run(
     return results
 
 
+@dataclass
+class _Session:
+    """One benchmark command at work: what each stage (the trials, then the cells) needs."""
+
+    config: Config
+    state: PartialState
+    manifest: Manifest
+    plans: dict[str, Plan]
+    digest: str
+    output: Path
+    display: Display
+    jobs: int | None
+    threads: int | None
+    caches: dict[int, tuple[np.ndarray, float, Any]] = field(default_factory=dict)  # by image size (see `_tasks`)
+
+    def stage(self, cells: list[Cell], tunings: dict[str, dict[str, Any]] | None = None) -> list[RunResult]:
+        """Keep the completed results of `cells` and train the others, side by side or data parallel."""
+        config, state, output = self.config, self.state, self.output
+        results, todo = _kept(config, cells, output, self.digest, self.display)
+        if state.is_main_process:
+            if not config.benchmark.keep_checkpoints:  # left by a kill between a result and its clean-up
+                for result in results:
+                    shutil.rmtree(run_dir(output, result.id) / CHECKPOINT, ignore_errors=True)
+            if todo:  # a full disk found after training would lose the results: look before
+                at_once = _at_once(config, state.num_processes, len(todo), self.jobs, self.threads)
+                _check_space(config, output, self.manifest, [self.plans[c.id] for c in todo], at_once)
+        if not todo:
+            return results
+        tasks = _tasks(
+            config, state, self.manifest, todo, self.plans, self.digest, self.display, tunings or {}, self.caches
+        )
+        if state.num_processes > 1 and config.benchmark.parallel == "data":
+            return results + _run_here(config, state, self.manifest, tasks, output, self.display)
+        tasks.sort(key=lambda t: -self.plans[t.cell_id].cost)  # the longest first
+        return results + _run_in_workers(
+            config, state, self.manifest, tasks, output, self.display, self.jobs, self.threads
+        )
+
+
+def _train(session: _Session, cells: list[Cell], trials: dict[str, list[Cell]]) -> list[RunResult]:
+    """The trials of `cells` first, then each cell with the values its trials chose (as it is without [tune])."""
+    config = session.config
+    tried = {r.id: r for r in session.stage([t for cell in cells for t in trials[cell.id]])}
+    if config.tune is None:
+        return session.stage(cells)
+    finals, tunings, results = [], {}, []
+    for cell in cells:
+        choice = choose(cell, trials[cell.id], tried, config.tuning(cell))
+        if choice.cell is None:
+            results.append(_untrainable(session, cell, choice.record))
+            continue
+        finals.append(choice.cell)
+        tunings[cell.id] = choice.record
+    session.plans |= _preflight(config, finals, session.state.num_processes)  # chosen values may change the plan
+    return results + session.stage(finals, tunings)
+
+
+def _untrainable(session: _Session, cell: Cell, record: dict[str, Any]) -> RunResult:
+    """The failed result of a tuned cell none of whose trials completed (nothing to choose from)."""
+    config = _stored_config(cell, session.config, session.digest)
+    result = RunResult(id=cell.id, status="failed", config=config, error=all_failed(record), tuning=record)
+    if session.state.is_main_process or session.config.benchmark.parallel == "cells":
+        save_result(session.output, result)
+    session.display.end_run(result)
+    return result
+
+
 def _describe(config: Config, manifest: Manifest, state: PartialState, output: Path, display: Display) -> None:
-    n_test = int(manifest.is_test.sum())
-    n_train = len(manifest.paths) - n_test
-    counts = (len(manifest.class_names), n_train, n_test, len(manifest.skipped), len(config.cells), state.num_processes)
-    display.note(f"[bold]{escape(config.benchmark.name)}[/bold]{escape(split_line(*counts, output))}")
+    n_test, n_val = len(manifest.test_indices), len(manifest.val_indices)
+    tuning = ""
+    if config.tune is not None:
+        budgets = {json.dumps(config.tuning(cell)["budget"]) for cell in config.cells}
+        budget = json.loads(budgets.pop()) if len(budgets) == 1 else None
+        tuning = f", each tuned on validation with {len(next(iter(config.trials.values())))} trials"
+        tuning += f" ({budget['epochs']} epochs in all)" if budget else " (budgets differ: see the guardrails)"
+    counts = (
+        len(manifest.class_names), len(manifest.train_indices), n_test, len(manifest.skipped), len(config.cells),
+        state.num_processes,
+    )  # fmt: skip
+    line = split_line(*counts, output, n_val, tuning)
+    display.note(f"[bold]{escape(config.benchmark.name)}[/bold]{escape(line)}")
     groups = manifest.groups or []
-    if straddling := cross_split(manifest.is_test, groups):
+    if straddling := cross_split(manifest.splits, groups):
         display.note(
             f"[bold red]leak[/bold red]: {len(straddling)} near-duplicate groups straddle the split: "
             f"{int(manifest.leaked().sum())} of {n_test} test images have a copy in train, so every score is "
@@ -253,24 +342,42 @@ def _describe(config: Config, manifest: Manifest, state: PartialState, output: P
         display.note(f"[yellow]warning[/yellow]: {warning}")
 
 
-def split_line(classes: int, n_train: int, n_test: int, skipped: int, runs: int, processes: int, output: Path) -> str:
+def split_line(
+    classes: int,
+    n_train: int,
+    n_test: int,
+    skipped: int,
+    runs: int,
+    processes: int,
+    output: Path,
+    n_val: int = 0,
+    tuning: str = "",
+) -> str:
     """What a benchmark prints after its name before training, e.g.
-    `: 5391 images, 10 classes, 4314 train / 1077 test, 0 skipped; 6 runs on 1 process(es) -> results/demo`."""
+    `: 5391 images, 10 classes, 4314 train / 1077 test, 0 skipped; 6 runs on 1 process(es) -> results/demo`;
+    with a validation split `3879 train / 435 val / 1077 test`, and with `[tune]` `tuning` after the runs."""
+    val = f" / {n_val} val" if n_val else ""
     return (
-        f": {n_train + n_test} images, {classes} classes, {n_train} train / {n_test} test, {skipped} skipped; "
-        f"{runs} runs on {processes} process(es) -> {output}"
+        f": {n_train + n_val + n_test} images, {classes} classes, {n_train} train{val} / {n_test} test, {skipped} "
+        f"skipped; {runs} runs{tuning} on {processes} process(es) -> {output}"
     )
 
 
 def data_warnings(config: Config, manifest: Manifest) -> list[str]:
-    """What about the split makes scores fragile: a tiny test split, batches larger than the training split."""
+    """What about the split makes scores fragile: a tiny test or validation split, batches larger than the training
+    split."""
     warnings = []
-    n_test = int(manifest.is_test.sum())
-    n_train = len(manifest.paths) - n_test
+    n_test, n_val = len(manifest.test_indices), len(manifest.val_indices)
+    n_train = len(manifest.train_indices)
     if n_test < 100:
         warnings.append(
             f"the test split has {n_test} images: one image moves accuracy by {100 / n_test:.1f} points, so small "
             f"differences between runs are noise"
+        )
+    if 0 < n_val < 100:
+        warnings.append(
+            f"the validation split has {n_val} images: one image moves accuracy by {100 / n_val:.1f} points, so "
+            f"trials that differ by less are chosen by chance"
         )
     for size in sorted({c.settings.batch_size for c in config.cells if c.settings.batch_size > n_train}):
         runs = sorted({c.run for c in config.cells if c.settings.batch_size == size})
@@ -281,9 +388,10 @@ def data_warnings(config: Config, manifest: Manifest) -> list[str]:
 
 
 def _result_bytes(manifest: Manifest) -> int:
-    """A generous size of one cell's files: a predictions.csv row per test image, and result.json."""
+    """A generous size of one cell's files: a predictions.csv row per test (or, for a trial, validation) image, and
+    result.json."""
     longest = max(len(p) for p in manifest.paths)
-    return int(manifest.is_test.sum()) * (longest + 40) + 256 * 1024
+    return max(len(manifest.test_indices), len(manifest.val_indices)) * (longest + 40) + 256 * 1024
 
 
 def _check_space(config: Config, output: Path, manifest: Manifest, plans: list[Plan], at_once: int) -> None:
@@ -293,7 +401,7 @@ def _check_space(config: Config, output: Path, manifest: Manifest, plans: list[P
     Raises:
         StorageError: One line, naming what needs the room.
     """
-    kept, what = _kept_bytes(config, [plan.params for plan in plans], at_once)
+    kept, what = _kept_bytes(config, plans, at_once)
     needed = len(plans) * _result_bytes(manifest) + kept + RESULT_MARGIN
     require_space(output, needed, f"the results{what} of {len(plans)} cell(s)")
 
@@ -306,31 +414,35 @@ def _at_once(config: Config, processes: int, cells: int, jobs: int | None, threa
     return len(slots)
 
 
-def _kept_bytes(config: Config, params: list[int], at_once: int) -> tuple[int, str]:
+def _kept_bytes(config: Config, plans: list[Plan], at_once: int) -> tuple[int, str]:
     """A generous size of the checkpoints and model folders that cells to run will hold at most at one time, and
     what they are (", checkpoints and models"), for the free-space check.
 
     Args:
         config: The benchmark, for its [benchmark] keep and checkpoint settings.
-        params: The parameter count of each cell to run.
+        plans: The plan of each cell (or trial) to run: its parameter count, and whether it keeps a model.
         at_once: Cells training at the same time.
     """
-    weights = sorted((4 * n for n in params), reverse=True)  # fp32 bytes of each cell's weights, largest first
+    # fp32 bytes of each cell's weights, largest first
+    weights = sorted((4 * plan.params for plan in plans), reverse=True)
+    modelled = sorted((4 * plan.params for plan in plans if plan.keeps_model), reverse=True)
     b = config.benchmark
     # A checkpoint holds the weights and up to two optimizer moments, and briefly two epochs' while one is written.
     training = sum(6 * w for w in weights[:at_once]) if b.checkpoint_every else 0
     if b.keep_checkpoints:
         training += sum(3 * w for w in weights[at_once:])
-    models = {"all": sum(weights), "best": sum(weights[: at_once + 1]), "none": 0}[b.keep_models]
+    models = {"all": sum(modelled), "best": sum(modelled[: at_once + 1]), "none": 0}[b.keep_models]
     what = [name for name, size in (("checkpoints", training), ("models", models)) if size]
     return training + models, "".join(f", {name}" for name in what[:-1]) + (f" and {what[-1]}" if what else "")
 
 
-def _kept(config: Config, output: Path, digest: str, display: Display) -> tuple[list[RunResult], list[Cell]]:
+def _kept(
+    config: Config, cells: list[Cell], output: Path, digest: str, display: Display
+) -> tuple[list[RunResult], list[Cell]]:
     """Completed results stored with the same configuration whose predictions give their figures, and the cells
     still to run (a completed result whose predictions.csv disagrees with it is run again, and says so)."""
     kept, todo = [], []
-    for cell in config.cells:
+    for cell in cells:
         stored, problem = _intact(output, cell.id, _stored_config(cell, config, digest))
         if stored is None:
             todo.append(cell)
@@ -361,31 +473,39 @@ def _tasks(
     todo: list[Cell],
     plans: dict[str, Plan],
     digest: str,
-    output: Path,
     display: Display,
+    tunings: dict[str, dict[str, Any]],
+    caches: dict[int, tuple[np.ndarray, float, Any]],
 ) -> list[CellTask]:
-    """Build the caches the cells need (once, on the main process first) and describe each cell as a task."""
+    """Build the caches the cells need (once per command, on the main process first) and describe each cell as a
+    task (a tuned cell's with its trials and choice, from `tunings`).
+
+    `caches` holds the caches built by earlier stages of the command (the trials'), by image size.
+    """
     progress = display.stage if state.is_main_process else None
-    caches: dict[int, tuple[np.ndarray, float, Any]] = {}
     for size in sorted({cell.settings.image_size for cell in todo}):
         started = time.perf_counter()
-        build = functools.partial(
-            build_cache, manifest.files(), size, cache_root(config.data), progress, digests=manifest.digests
-        )
-        pixels = _main_first(state, build)
+        if size not in caches:
+            build = functools.partial(
+                build_cache, manifest.files(), size, cache_root(config.data), progress, digests=manifest.digests
+            )
+            caches[size] = (_main_first(state, build), 0.0, None)
+        pixels, cache_s, stats = caches[size]
         # Only scratch runs normalise with the training split's statistics; pretrained ones use their backbone's.
-        scratch = any(c.mode == "scratch" for c in todo if c.settings.image_size == size)
-        stats = channel_stats(pixels, manifest.train_indices) if scratch else None
-        caches[size] = (pixels, time.perf_counter() - started, stats)
+        if stats is None and any(c.mode == "scratch" for c in todo if c.settings.image_size == size):
+            stats = channel_stats(pixels, manifest.train_indices)
+        caches[size] = (pixels, cache_s + time.perf_counter() - started, stats)
     tasks = []
     for cell in todo:
         pixels, cache_s, stats = caches[cell.settings.image_size]
-        plan = plans[cell.id]
-        stored = _stored_config(cell, config, digest)
+        plan, stored = plans[cell.id], _stored_config(cell, config, digest)
         b = config.benchmark
-        keep = (b.checkpoint_every, b.keep_checkpoints, b.keep_models != "none")
+        # A trial's model is never kept: it was chosen on validation and never tested (its cell's model is).
+        keep = (b.checkpoint_every, b.keep_checkpoints, b.keep_models != "none" and cell.trial_of is None)
         pixels_file = str(pixels.filename)
-        tasks.append(CellTask(cell.id, stored, plan.precision, plan.weights, pixels_file, stats, cache_s, *keep))
+        task = CellTask(cell.id, stored, plan.precision, plan.weights, pixels_file, stats, cache_s, *keep)
+        task.tuning = tunings.get(cell.id)
+        tasks.append(task)
     return tasks
 
 
@@ -415,12 +535,11 @@ def _run_here(
     config: Config, state: PartialState, manifest: Manifest, tasks: list[CellTask], output: Path, display: Display
 ) -> list[RunResult]:
     """Data parallel: every process trains each cell together, in this process."""
-    cells = {cell.id: cell for cell in config.cells}
     tracker = _tracker(config, output, active=state.is_main_process, display=display)
     results = []
     for task in tasks:
         check_stop()
-        cell = cells[task.cell_id]
+        cell = task.cell()
         data = run_data(manifest, task)
         display.start_run(cell)
         outcome = run_cell(cell, task, data, manifest, tracker, functools.partial(display.event, cell.id), output)
@@ -430,7 +549,7 @@ def _run_here(
         results.append(outcome.result)
         display.end_run(outcome.result, outcome.trace)
         if state.is_main_process:
-            _keep_best(config, output, Leaderboard.from_results(results))
+            _keep_best_so_far(config, output, results)
     return results
 
 
@@ -466,15 +585,23 @@ def worker_slots(jobs: int | str, threads: int | str, tasks: int, local: tuple[i
     return [None] * max(1, min(wanted, tasks)), per
 
 
-def _share(tasks: list[CellTask], cost: dict[str, float], rank: int, world: int) -> list[CellTask]:
-    """This process's cells with parallel = "cells": longest first, each to the least loaded process."""
-    loads = [0.0] * world
+def _share(session: _Session, trials: dict[str, list[Cell]]) -> list[Cell]:
+    """This process's cells with parallel = "cells": longest first (a cell with its trials, less what is kept), each
+    to the least loaded process."""
+    config, state = session.config, session.state
+
+    def cost(cell: Cell) -> float:
+        cells = [*trials[cell.id], cell]
+        todo = [c for c in cells if not finished(session.output, c.id, _stored_config(c, config, session.digest))]
+        return sum(session.plans[c.id].cost for c in todo)
+
+    loads = [0.0] * state.num_processes
     mine = []
-    for task in sorted(tasks, key=lambda t: -cost[t.cell_id]):
+    for cell, weight in sorted(((c, cost(c)) for c in config.cells), key=lambda pair: -pair[1]):
         target = loads.index(min(loads))
-        loads[target] += cost[task.cell_id]
-        if target == rank:
-            mine.append(task)
+        loads[target] += weight
+        if target == state.process_index:
+            mine.append(cell)
     return mine
 
 
@@ -483,33 +610,22 @@ def _run_in_workers(
     state: PartialState,
     manifest: Manifest,
     tasks: list[CellTask],
-    plans: dict[str, Plan],
     output: Path,
     display: Display,
-    source: str | Path | dict[str, Any],
-    overrides: list[str] | None,
     jobs: int | None,
     threads: int | None,
 ) -> list[RunResult]:
-    """Cells side by side in worker processes; with parallel = "cells" only this process's share.
+    """Cells side by side in worker processes.
 
     One worker's worth of cells runs in this process instead: the same code, without a second start of torch.
     """
-    cells = {cell.id: cell for cell in config.cells}
-    world = state.num_processes
-    cost = {t.cell_id: plans[t.cell_id].cost for t in tasks}
-    todo = [t.cell_id for t in tasks]  # every process's cells; kept ones are already in the caller's results
-    if world > 1:
-        tasks = _share(tasks, cost, state.process_index, world)
-    else:
-        tasks = sorted(tasks, key=lambda t: -cost[t.cell_id])
     local = (state.local_process_index, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     slots, per_worker = worker_slots(
         jobs or config.benchmark.jobs, threads or config.benchmark.threads, len(tasks), local
     )
     if state.is_main_process:
         display.note(f"training {len(tasks)} cell(s), {len(slots)} at a time, {per_worker} CPU thread(s) each")
-    if world == 1 and len(slots) == 1:
+    if state.num_processes == 1 and len(slots) == 1:
         import torch
 
         caller_threads = torch.get_num_threads()  # a library caller gets its own setting back
@@ -520,38 +636,32 @@ def _run_in_workers(
             torch.set_num_threads(caller_threads)
     tracker = _tracker(config, output)
     spec = WorkerSpec(
-        source=str(source) if isinstance(source, Path) else source,
-        overrides=list(overrides or []),
         output=str(output),
         wandb_mode=tracker.mode,
         wandb_project=tracker.project,
         group=tracker.group,
         threads=per_worker,
     )
+    cells = {task.cell_id: task.cell() for task in tasks}
     results = []
     warn = _warner(display)
-    try:
-        for event in WorkerPool(spec, slots).run(tasks):
-            if event.kind == "event":
-                if event.cell_id not in display.cells:
-                    display.start_run(cells[event.cell_id])
-                display.event(event.cell_id, event.event)
-            elif event.kind == "note":
-                warn(event.text)
-            elif event.kind == "done":
-                results.append(event.result)
-                display.end_run(event.result, event.trace)
-                _keep_best(config, output, Leaderboard.from_results(results))
-    finally:
-        if world > 1:
-            (make_folder(output / RANKS) / str(state.process_index)).write_text("done\n")
-    if world > 1 and state.is_main_process:
-        results = _gather_ranks(output, world, todo, results)
+    for event in WorkerPool(spec, slots).run(tasks):
+        if event.kind == "event":
+            if event.cell_id not in display.cells:
+                display.start_run(cells[event.cell_id])
+            display.event(event.cell_id, event.event)
+        elif event.kind == "note":
+            warn(event.text)
+        elif event.kind == "done":
+            results.append(event.result)
+            display.end_run(event.result, event.trace)
+            _keep_best_so_far(config, output, results)
     return results
 
 
 def _gather_ranks(output: Path, world: int, todo: list[str], mine: list[RunResult]) -> list[RunResult]:
-    """With parallel = "cells", wait until every process finished its share of `todo`, then read their results."""
+    """With parallel = "cells", wait until every process finished its share of the cells `todo`, then read their
+    results."""
     marks = output / RANKS
     while not all((marks / str(rank)).exists() for rank in range(world)):
         check_stop()
@@ -566,14 +676,15 @@ def _gather_ranks(output: Path, world: int, todo: list[str], mine: list[RunResul
 def dry_run(
     source: str | Path | dict[str, Any], output: str | Path | None = None, overrides: list[str] | None = None
 ) -> tuple[Table, list[str]]:
-    """What `run` would do, without training: every cell with its resolved settings and whether it is kept or run,
-    and every problem that would stop `run` before training.
+    """What `run` would do, without training: every cell (and tuning trial) with its resolved settings and whether
+    it is kept or run, and every problem that would stop `run` before training.
 
     The checks are `run`'s: the benchmark file and its model names; each cell's batch, weights, image size and
     precision; the W&B setting; the cache folder; the data folder (scanned, not decoded: a new split's image checks
     wait for the run) or, when the output folder holds a split, whether it still matches and the disk has room for
     the results to come; and whether another benchmark holds the output folder. A cell is `kept` only if its
-    completed result matches the split already stored there.
+    completed result matches the split already stored there; a tuned cell is known only once its trials are: until
+    then it is `run after its trials`.
 
     Returns:
         The table, and the problems (one line each; none when the run would start).
@@ -584,7 +695,8 @@ def dry_run(
     config = load_config(source, overrides)
     output = Path(output) if output else config.output
     processes = int(os.environ.get("WORLD_SIZE", 1))
-    plans = _preflight(config, processes, strict=False)
+    trials = [t for cell in config.cells for t in config.trials.get(cell.id, [])]
+    plans = _preflight(config, [*config.cells, *trials], processes, strict=False)
     problems = list(dict.fromkeys(plan.problem for plan in plans.values() if plan.problem))
     try:
         check_mode(resolve_mode(config.benchmark.wandb), _project(config))
@@ -593,18 +705,38 @@ def dry_run(
     manifest, found = _folder_problems(config, output)
     problems += found
     digest = _manifest_digest(output) if manifest is not None else None
-    table = Table(title=f"{config.benchmark.name}: {len(config.cells)} cells -> {output}", header_style="bold")
+    title = f"{config.benchmark.name}: {len(config.cells)} cells" + (f", {len(trials)} trials" if trials else "")
+    table = Table(title=f"{title} -> {output}", header_style="bold")
     for header in ("run", "model", "mode", "px", "batch", "epochs", "lr", "precision", "weights", "action"):
         table.add_column(header, justify="right" if header in ("px", "batch", "epochs", "lr") else "left")
     todo = []
-    for cell in config.cells:
+
+    def add(cell: Cell, action: str) -> None:
         s, plan = cell.settings, plans[cell.id]
-        action = _action(output, cell, _stored_config(cell, config, digest) if digest else None)
         action = "stops the run (below)" if plan.problem else action
         weights = Path(plan.weights).name if plan.weights else "-"
         row = (cell.id, cell.model, cell.mode, s.image_size, s.batch_size, s.epochs, f"{s.lr:g}", plan.precision)
         table.add_row(*map(escape, map(str, row)), escape(weights), action)
-        todo += [plan] if action != "kept" else []
+        if action != "kept":
+            todo.append(plan)
+
+    def stored(cell: Cell) -> dict[str, Any] | None:
+        return _stored_config(cell, config, digest) if digest else None
+
+    # A trial counts as done as the run would keep it: completed, with predictions that give its figures.
+    tried = {t.id: result for t in trials if digest and (result := _intact(output, t.id, stored(t))[0]) is not None}
+    for cell in config.cells:
+        if config.tune is None:
+            add(cell, _action(output, cell, stored(cell)))
+            continue
+        for trial in config.trials[cell.id]:
+            add(trial, _action(output, trial, stored(trial)))
+        if not all(t.id in tried for t in config.trials[cell.id]):
+            add(cell, "run after its trials")
+            continue
+        final = choose(cell, config.trials[cell.id], tried, config.tuning(cell)).cell
+        plans |= _preflight(config, [final], processes, strict=False)
+        add(final, _action(output, final, stored(final)))
     if manifest is not None and todo:  # the run's look at the disk, before it trains
         try:
             _check_space(config, output, manifest, todo, _at_once(config, processes, len(todo), None, None))
@@ -656,6 +788,13 @@ def _keep_best(config: Config, output: Path, board: Leaderboard) -> None:
         if row["rank"] != 1:
             shutil.rmtree(run_dir(output, row["id"]) / MODEL, ignore_errors=True)
             row["model_dir"] = None
+
+
+def _keep_best_so_far(config: Config, output: Path, results: list[RunResult]) -> None:
+    """`_keep_best` among the cells finished so far in this command (trials keep no model and are never ranked)."""
+    cells = [result for result in results if not is_trial(result.id)]
+    if cells and config.benchmark.keep_models == "best":
+        _keep_best(config, output, Leaderboard.from_results(cells))
 
 
 def _finish(config: Config, results: list[RunResult], output: Path, console: Console) -> None:

@@ -6,8 +6,9 @@
 
 A checkpoint is a folder holding `state.json` (the last finished epoch, the configuration it was trained with, what
 the loop accumulated, and the name and size of its data file) and `epoch-<N>.pt`: the model, optimizer, schedule,
-gradient scaler, graph-capture decision and the random states of every process (Python, NumPy, torch, CUDA and the
-run's augmentation generator), loaded back with `weights_only=True`. The data file is written atomically first and
+gradient scaler, graph-capture decision, the moving average of the weights (`ema`), and the random states of every
+process (Python, NumPy, torch, CUDA, the run's augmentation generator and its augmentation policy's stream), loaded
+back with `weights_only=True`. The data file is written atomically first and
 `state.json` last, so a kill at any moment leaves the previous epoch's checkpoint whole; the files of other epochs
 are removed afterwards. One process writes (the main one; the others' random states are gathered to it), every
 process loads.
@@ -59,6 +60,7 @@ class Progress:
     train_log: list[dict[str, float]] = field(default_factory=list)
     train_s: float = 0.0
     eval_s: float = 0.0
+    evaluated: int = 0  # images scored (validation and test), for eval_img_s
     wait_s: float = 0.0
     trained_images: int = 0
     peak_mem_mb: float = 0.0  # the highest of the processes before a resume
@@ -89,25 +91,29 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return keys
 
 
-def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+def _rng_state(run: Setup) -> dict[str, Any]:
     key, *rest = np.random.get_state()[1:]  # ("MT19937", key, pos, has_gauss, gauss): plain values for weights_only
     state = {
         "python": random.getstate(),
         "numpy": [key.tolist(), *rest],
         "torch": torch.get_rng_state(),
-        "augment": generator.get_state(),
+        "augment": run.generator.get_state(),
     }
+    if run.recipe is not None:  # an augmentation policy draws from a stream of its own (batches.Recipe)
+        state["policy"] = run.recipe.policy_state
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+def _set_rng_state(state: dict[str, Any], run: Setup) -> None:
     random.setstate(state["python"])
     key, *rest = state["numpy"]
     np.random.set_state(("MT19937", np.array(key, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["augment"])
+    run.generator.set_state(state["augment"])
+    if run.recipe is not None:
+        run.recipe.policy_state = state["policy"]
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -144,7 +150,7 @@ class Checkpoints:
         epoch = progress.epoch
         if not self.every or epoch % self.every or epoch >= self.config["epochs"]:
             return
-        rng = gather_object([_rng_state(run.generator)])  # every process's, in process order; all take part
+        rng = gather_object([_rng_state(run)])  # every process's, in process order; all take part
         if not accelerator.is_main_process:
             return
         progress.peak_mem_mb = max(progress.peak_mem_mb, peak_memory_mb(accelerator.device))
@@ -155,6 +161,7 @@ class Checkpoints:
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "capture": run.capture.state_dict(),
             "rng": rng,
+            "ema": run.ema.state_dict() if run.ema is not None else None,
         }
         try:
             self._write(epoch, training, progress, accelerator)
@@ -231,7 +238,9 @@ class Checkpoints:
         if accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(training["scaler"])
         run.capture.load_state_dict(training["capture"])
-        _set_rng_state(training["rng"][accelerator.process_index], run.generator)
+        if run.ema is not None:
+            run.ema.load_state_dict(training["ema"])
+        _set_rng_state(training["rng"][accelerator.process_index], run)
         progress = Progress(**state["progress"])
         progress.notes.append(f"resumed from the checkpoint of epoch {progress.epoch}")
         log({"event": "note", "text": f"resumed {self.run_id} from epoch {progress.epoch}"})

@@ -22,7 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, ValidationError, create_model
+import numpy as np
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 if sys.version_info >= (3, 11):
@@ -31,6 +41,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from pieceboard._console import PieceboardError
+from pieceboard.batches import CROP_SCALE, POLICIES
 
 MLP_NAME = "pieceboard_mlp"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -40,6 +51,7 @@ SEED_LIMIT = 2**32
 # Linux and macOS). Keep room for what pieceboard adds around a name: the temporary name of an atomic write
 # (`.NAME.` + 8 random characters, `pieceboard._io.atomic_write_text`) and an extension such as `.json` or `.png`.
 MAX_NAME_BYTES = 200
+TRIAL_MARK = "~"  # a trial's id is its cell's id, this mark and its tuned values: mlp@16px~lr0.003
 
 
 class ConfigError(PieceboardError):
@@ -103,7 +115,17 @@ class DataTable(_Table):
         "grouped", description="grouped keeps every near-duplicate group on one side; random is the study's split."
     )
     split_seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="Seed of the stratified split.")
+    val_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="Share of each class's training images held out for validation (curves, tuning); 0: none.",
+    )
     cache_dir: PathText | None = Field(None, description="Decoded-image cache; default $PIECEBOARD_CACHE or ~/.cache.")
+
+
+AugmentName = Literal[("hflip", "crop", *POLICIES)]
 
 
 class TrainSettings(_Table):
@@ -119,8 +141,27 @@ class TrainSettings(_Table):
     warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs (cosine and step schedules).")
     precision: Literal["no", "bf16", "fp16", "auto"] = Field("auto", description="Mixed precision.")
     channels_last: bool | Literal["auto"] = Field("auto", description="Memory layout for convnets.")
-    augment: list[Literal["hflip", "crop"]] = Field(
-        default_factory=list, description="Batch augmentations on the device: hflip, crop (random resized)."
+    augment: list[AugmentName] = Field(
+        default_factory=list,
+        description="Training-batch augmentations on the device: hflip, crop (random resized), and at most one "
+        "policy of torchvision: randaugment, trivialaugment, autoaugment.",
+    )
+    crop_scale: list[float] = Field(
+        default_factory=lambda: list(CROP_SCALE),
+        min_length=2,
+        max_length=2,
+        description="Area range of `crop`, as fractions of the image: [smallest, largest].",
+    )
+    mixup: float = Field(0.0, ge=0, allow_inf_nan=False, description="Mixup alpha (timm.data.Mixup); 0: off.")
+    cutmix: float = Field(0.0, ge=0, allow_inf_nan=False, description="CutMix alpha (timm.data.Mixup); 0: off.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False, description="Label smoothing of the loss.")
+    ema: float = Field(
+        0.0, ge=0, lt=1, allow_inf_nan=False, description="Decay of a moving average of the weights (timm's "
+        "ModelEmaV3), which is evaluated instead of the trained weights; 0: off.",
+    )  # fmt: skip
+    clip_grad: float = Field(0.0, ge=0, allow_inf_nan=False, description="Clip the gradient norm to this; 0: off.")
+    drop_path: float = Field(
+        0.0, ge=0, lt=1, allow_inf_nan=False, description="Stochastic depth (timm's drop_path_rate) of models with it."
     )
     log_every: int = Field(20, gt=0, description="Batches between train-loss logs.")
     seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="Seed of weights init and data order.")
@@ -128,8 +169,33 @@ class TrainSettings(_Table):
         "auto", description="Capture the train and eval steps (torch.compile, CUDA graphs); auto: on a GPU if it pays."
     )
 
+    @field_validator("augment")
+    @classmethod
+    def _one_policy(cls, value: list[str]) -> list[str]:
+        policies = [name for name in value if name in POLICIES]
+        if len(policies) > 1:
+            names = " or ".join(f'"{name}"' for name in policies)
+            raise PydanticCustomError("policies", "at most one policy: choose {names}", {"names": names})
+        if len(set(value)) < len(value):
+            raise PydanticCustomError("repeated", "each augmentation at most once")
+        return value
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _area_range(cls, value: list[float]) -> list[float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise PydanticCustomError("crop_scale", "expected [smallest, largest] with 0 < smallest <= largest <= 1")
+        return value
+
 
 SETTING_KEYS = tuple(TrainSettings.model_fields)
+# Settings added after results were first stored. At these values a cell trains exactly as it did before the setting
+# existed, so a stored configuration without them is the same experiment (see results.comparable_config).
+ADDED_SETTINGS = {
+    key: TrainSettings.model_fields[key].get_default(call_default_factory=True)
+    for key in ("crop_scale", "mixup", "cutmix", "label_smoothing", "ema", "clip_grad", "drop_path")
+}
+ADDED_DATA = {"val_fraction": 0.0}
 
 # A run may change any setting; None means "take it from [defaults]". Generated, so the two never drift.
 _RunSettings = create_model(
@@ -148,17 +214,48 @@ class RunTable(_RunSettings):
     weights: PathText | None = Field(None, description="Local pretrained weights (.safetensors).")
 
 
+# Every setting may be searched: a list of values to try. Generated, like _RunSettings.
+_TuneSpace = create_model(
+    "_TuneSpace", __base__=_Table, **{key: (list[Any] | None, None) for key in TrainSettings.model_fields}
+)
+
+
+class TuneTable(_TuneSpace):
+    """`[tune]`: settings searched for every cell on the validation split, and the budget each cell gets."""
+
+    trials: PositiveInt | None = Field(
+        None, description="Random search: this many combinations drawn from the grid; default: every combination."
+    )
+    trial_epochs: PositiveInt | None = Field(None, description="Epochs of each trial; default: the run's epochs.")
+    search_seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="Seed of the random draw of trials.")
+
+    @property
+    def space(self) -> dict[str, list[Any]]:
+        """The settings searched, with their values, in settings order."""
+        return {k: v for k, v in self.model_dump(include=set(SETTING_KEYS)).items() if v is not None}
+
+    def combinations(self) -> list[dict[str, Any]]:
+        """The values each trial tries: the whole grid, or `trials` combinations of it drawn with `search_seed`."""
+        space = self.space
+        grid = [dict(zip(space, values, strict=True)) for values in itertools.product(*space.values())]
+        if self.trials is None or self.trials == len(grid):
+            return grid
+        drawn = np.random.default_rng(self.search_seed).choice(len(grid), size=self.trials, replace=False)
+        return [grid[i] for i in sorted(drawn)]
+
+
 class _File(_Table):
     benchmark: BenchmarkTable = Field(default_factory=BenchmarkTable)
     data: DataTable
     defaults: TrainSettings = Field(default_factory=TrainSettings)
     runs: list[RunTable] = Field(..., min_length=1)
     matrix: dict[str, list[Any]] = Field(default_factory=dict)
+    tune: TuneTable | None = None
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One point of the run matrix: a run with every setting resolved."""
+    """One point of the run matrix, or one trial of it: a run with every setting resolved."""
 
     id: str
     run: str
@@ -166,12 +263,23 @@ class Cell:
     mode: str
     weights: str | None
     settings: TrainSettings
+    trial_of: str | None = None  # for a tuning trial: the id of the cell it tries settings for
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as stored in result.json."""
+        trial = {"trial_of": self.trial_of} if self.trial_of else {}
         return {"run": self.run, "model": self.model, "mode": self.mode, "weights": self.weights} | (
-            self.settings.model_dump()
+            self.settings.model_dump() | trial
         )
+
+    @classmethod
+    def from_dict(cls, cell_id: str, config: dict[str, Any]) -> Cell:
+        """The cell a stored configuration (`to_dict`, with or without `data` and `tune`) describes."""
+        settings = TrainSettings.model_validate({key: config[key] for key in SETTING_KEYS})
+        return cls(
+            cell_id, config["run"], config["model"], config["mode"], config["weights"], settings,
+            config.get("trial_of"),
+        )  # fmt: skip
 
 
 @dataclass
@@ -184,7 +292,24 @@ class Config:
     defaults: TrainSettings
     runs: list[RunTable]
     matrix: dict[str, list[Any]]
+    tune: TuneTable | None = None
     cells: list[Cell] = field(default_factory=list)
+    trials: dict[str, list[Cell]] = field(default_factory=dict)  # each cell's tuning trials, by cell id
+
+    def tuning(self, cell: Cell) -> dict[str, Any] | None:
+        """How a cell is tuned, as its result stores it: `[tune]` (the space; `trials`, `trial_epochs` and
+        `search_seed` as written, None where left out) and the budget this gives the cell (its trials, and the epochs
+        over all of them)."""
+        if self.tune is None:
+            return None
+        trials = self.trials[cell.id]
+        return {
+            "space": self.tune.space,
+            "trials": self.tune.trials,
+            "trial_epochs": self.tune.trial_epochs,
+            "search_seed": self.tune.search_seed,
+            "budget": {"trials": len(trials), "epochs": sum(trial.settings.epochs for trial in trials)},
+        }
 
     @property
     def output(self) -> Path:
@@ -219,10 +344,13 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
         parsed = _File.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError("\n".join(_describe_all(exc.errors(), raw, where))) from None
-    config = Config(path, parsed.benchmark, parsed.data, parsed.defaults, parsed.runs, parsed.matrix)
+    config = Config(path, parsed.benchmark, parsed.data, parsed.defaults, parsed.runs, parsed.matrix, parsed.tune)
     _check_axes(config.matrix, where)
     _check_runs(config, where, models)
     config.cells = expand(config, where)
+    if config.tune is not None:
+        _check_tune(config, where)
+        config.trials = {cell.id: expand_trials(cell, config.tune, where) for cell in config.cells}
     return config
 
 
@@ -328,7 +456,9 @@ def _table_name(loc: tuple[Any, ...], raw: dict[str, Any]) -> tuple[str, tuple[A
 
 
 _FIELD_NAMES = {
-    name for model in (BenchmarkTable, DataTable, TrainSettings, RunTable, _File) for name in model.model_fields
+    name
+    for model in (BenchmarkTable, DataTable, TrainSettings, RunTable, TuneTable, _File)
+    for name in model.model_fields
 }
 
 
@@ -402,6 +532,7 @@ def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
         "data": DataTable,
         "defaults": TrainSettings,
         "runs": RunTable,
+        "tune": TuneTable,
     }
     if not loc:
         return list(_File.model_fields)
@@ -533,3 +664,72 @@ def expand(config: Config, where: str = "<config>") -> list[Cell]:
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ConfigError(f"{where}: [matrix]: two cells would both be named '{dup}'; make axis values distinct")
     return cells
+
+
+def _check_tune(config: Config, where: str) -> None:
+    tune = config.tune
+    space = tune.space
+    if not space:
+        raise ConfigError(f"{where}: [tune]: no setting to search; add one, e.g. lr = [3e-4, 1e-3, 3e-3]")
+    if config.data.val_fraction == 0:
+        raise ConfigError(
+            f"{where}: [tune]: trials are compared on the validation split, and there is none; set [data] "
+            "val_fraction (e.g. 0.1), so that the test split stays unseen until each run's final score"
+        )
+    for key, values in space.items():
+        if not values:
+            raise ConfigError(f"{where}: [tune]: key '{key}' has no values")
+        if key in config.matrix:
+            raise ConfigError(f"{where}: [tune]: key '{key}': also a [matrix] axis; set it in one place only")
+        for run in config.runs:
+            if getattr(run, key) is not None:
+                raise ConfigError(
+                    f"{where}: [[runs]] '{_shorten(run.name)}': key '{key}': also a [tune] key, which every run "
+                    "searches; set it in one place only"
+                )
+    if "epochs" in space and tune.trial_epochs is not None:
+        raise ConfigError(
+            f"{where}: [tune]: key 'trial_epochs': epochs is searched, so each trial trains for the epochs it tries; "
+            "remove one of them"
+        )
+    grid = math.prod(len(values) for values in space.values())
+    if tune.trials is not None and tune.trials > grid:
+        raise ConfigError(
+            f"{where}: [tune]: key 'trials': {tune.trials} trials, but the grid has {grid} combinations; lower it, "
+            "or leave it out to try every combination"
+        )
+
+
+def expand_trials(cell: Cell, tune: TuneTable, where: str = "<config>") -> list[Cell]:
+    """The tuning trials of one cell: its settings with each combination of `[tune]` values.
+
+    Every cell gets the same combinations and the same epochs per trial (`trial_epochs`, else the cell's own), so
+    every run is tuned with the same budget.
+
+    Raises:
+        ConfigError: A value the setting does not take, or two trials with one id.
+    """
+    trials = []
+    base = cell.settings.model_dump()
+    for combination in tune.combinations():
+        epochs = {"epochs": tune.trial_epochs} if tune.trial_epochs is not None else {}
+        try:
+            settings = TrainSettings.model_validate(base | combination | epochs)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(map(str, first["loc"]))
+            got = toml_value(first["input"])
+            raise ConfigError(f"{where}: [tune]: key '{key}': {_message(first)} (got {got})") from None
+        labels = "-".join(_axis_label(key, value) for key, value in combination.items())
+        trial_id = f"{cell.id}{TRIAL_MARK}{labels}"
+        if problem := _name_too_long(trial_id):
+            raise ConfigError(
+                f"{where}: [tune]: the trial id '{_shorten(trial_id)}' is {problem}, since it names the trial's "
+                "result folder; shorten the run name or the [matrix] or [tune] values"
+            )
+        trials.append(Cell(trial_id, cell.run, cell.model, cell.mode, cell.weights, settings, trial_of=cell.id))
+    ids = [trial.id for trial in trials]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ConfigError(f"{where}: [tune]: two trials would both be named '{dup}'; make the values distinct")
+    return trials

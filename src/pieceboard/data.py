@@ -4,7 +4,8 @@
     manifest = make_manifest(config.data, output_dir)        # writes/reuses OUTPUT/manifest.csv and manifest.json
 
 Every image is decoded once to check it (pieceboard.cache); the copies that augmentation made of one picture are
-found (pieceboard.dedup) and, with the grouped split, kept on one side of the split.
+found (pieceboard.dedup) and, with the grouped split, kept on one side of the split. With `[data] val_fraction`, a
+validation split is carved out of the training split by the same rules.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ ARCHIVES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".7z", ".rar")
 MANIFEST = "manifest.csv"
 MANIFEST_META = "manifest.json"
 CSV_DIGEST = "csv_sha256"  # manifest.json's record of manifest.csv's bytes
-SPLITS = ("train", "test")  # the values of manifest.csv's split column
+SPLITS = ("train", "val", "test")  # the values of manifest.csv's split column
 DEDUP_VERSION = 1  # bump when pieceboard.dedup finds other groups, so that remembered groups are not reused
+VAL_STREAM = 1  # the validation split is drawn with the seed (split_seed, VAL_STREAM): apart from the test split's
 
 
 class DataError(PieceboardError):
@@ -64,15 +66,30 @@ class Manifest:
     ignored: int = 0  # files in the folder that are not images
     split: str = "random"  # how is_test was drawn: grouped or random
     groups: list[list[int]] | None = None  # near-duplicate groups (positions); None if never looked for
+    is_val: np.ndarray | None = None  # bool per image: held out of training for validation; None: no image is
+
+    def __post_init__(self) -> None:
+        if self.is_val is None:
+            self.is_val = np.zeros(len(self.paths), dtype=bool)
 
     def files(self) -> list[Path]:
         """Absolute paths, in manifest order."""
         return [self.root / p for p in self.paths]
 
     @property
+    def splits(self) -> np.ndarray:
+        """Per image, the name of its split: train, val or test (the manifest.csv column)."""
+        return split_names(self.is_test, self.is_val)
+
+    @property
     def train_indices(self) -> np.ndarray:
         """Positions of the training images."""
-        return np.flatnonzero(~self.is_test)
+        return np.flatnonzero(~self.is_test & ~self.is_val)
+
+    @property
+    def val_indices(self) -> np.ndarray:
+        """Positions of the validation images (empty without a validation split)."""
+        return np.flatnonzero(self.is_val)
 
     @property
     def test_indices(self) -> np.ndarray:
@@ -81,7 +98,7 @@ class Manifest:
 
     def leaked(self) -> np.ndarray:
         """Per image: a test image with a copy in the training split (all False when groups are unknown)."""
-        return leaked_test(self.is_test, self.groups or [])
+        return leaked_test(self.is_test, self.groups or [], self.splits == "train")
 
 
 # --- scanning ----------------------------------------------------------------------------------------------------
@@ -246,11 +263,11 @@ class Inspection:
         return bad + [{"path": n, "reason": "the file name is not valid UTF-8"} for n in self.scan.unreadable_names]
 
 
-def inspect_folder(scan: Scan, cache: Path, progress: Progress | None = None) -> Inspection:
+def inspect_folder(scan: Scan, cache: Path, progress: Progress | None = None, least: int = 2) -> Inspection:
     """Decode every image once (cached by content), set the bad ones aside and find the near-duplicate groups.
 
     Raises:
-        DataError: A class has fewer than two usable images.
+        DataError: A class has fewer than `least` usable images (one per split).
     """
     fingerprints = file_digests(scan.root, scan.paths)
     digests = [fingerprints[p][2] for p in scan.paths]
@@ -259,7 +276,7 @@ def inspect_folder(scan: Scan, cache: Path, progress: Progress | None = None) ->
     class_names = sorted(set(scan.classes))
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.array([index[scan.classes[i]] for i in keep], dtype=np.int64)
-    _check_class_sizes(labels, class_names)
+    _check_class_sizes(labels, class_names, least)
     groups = _duplicate_groups(check, keep, [digests[i] for i in keep], progress)
     return Inspection(scan, fingerprints, check, keep, class_names, labels, groups)
 
@@ -295,15 +312,17 @@ def make_manifest(data: DataTable, output: Path, progress: Progress | None = Non
     """
     root = resolve_root(data)
     settings = {"path": str(root), "test_fraction": data.test_fraction, "split_seed": data.split_seed}
-    settings["split"] = data.split
+    settings |= {"split": data.split, "val_fraction": data.val_fraction}
     scan = scan_folder(root)
     meta = _read_meta(output)
     if meta is not None:
         return _reuse_manifest(output, meta, settings, scan)
-    found = inspect_folder(scan, cache_root(data), progress)
+    found = inspect_folder(scan, cache_root(data), progress, least=3 if data.val_fraction else 2)
+    is_test = split_images(found, data)
     manifest = Manifest(
-        root, found.class_names, found.paths, found.labels, split_images(found, data), found.skipped,
+        root, found.class_names, found.paths, found.labels, is_test, found.skipped,
         [found.fingerprints[p][2] for p in found.paths], len(scan.ignored), data.split, found.groups,
+        val_split(found, data, is_test),
     )  # fmt: skip
     _write_manifest(output, manifest, settings, {p: found.fingerprints[p] for p in found.paths})
     return manifest
@@ -327,12 +346,12 @@ def split_images(found: Inspection, data: DataTable) -> np.ndarray:
         ) from None
 
 
-def _check_class_sizes(labels: np.ndarray, class_names: list[str]) -> None:
+def _check_class_sizes(labels: np.ndarray, class_names: list[str], least: int = 2) -> None:
     counts = np.bincount(labels, minlength=len(class_names))
-    small = [f"'{class_names[i]}' ({counts[i]})" for i in np.flatnonzero(counts < 2)]
+    small = [f"'{class_names[i]}' ({counts[i]})" for i in np.flatnonzero(counts < least)]
     if small:
         raise DataError(
-            f"data.path: each class needs at least 2 usable images (one for each side of the split); too few in "
+            f"data.path: each class needs at least {least} usable images (one for each split); too few in "
             f"{', '.join(small)}"
         )
 
@@ -342,7 +361,7 @@ def _test_count(size: int, test_fraction: float) -> int:
     return int(np.clip(round(test_fraction * size), 1, size - 1))
 
 
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int | list[int]) -> np.ndarray:
     """A seeded stratified split: True where an image is held out for testing.
 
     Each class gives round(test_fraction x its size) images to the test split, and always at least one to each
@@ -356,7 +375,9 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.
     return is_test
 
 
-def grouped_split(labels: np.ndarray, groups: list[list[int]], test_fraction: float, seed: int) -> np.ndarray:
+def grouped_split(
+    labels: np.ndarray, groups: list[list[int]], test_fraction: float, seed: int | list[int]
+) -> np.ndarray:
     """A seeded stratified split that keeps every near-duplicate group whole on one side.
 
     Per class, in a seeded order, whole groups (single images are groups of one) go to the test split while they fit
@@ -396,6 +417,44 @@ def grouped_split(labels: np.ndarray, groups: list[list[int]], test_fraction: fl
     return np.array([side[u] for u in unit], dtype=bool)
 
 
+def val_split(found: Inspection, data: DataTable, is_test: np.ndarray) -> np.ndarray:
+    """The validation split `[data] val_fraction` asks for: True where a training image is held out for validation.
+
+    Carved from the training split by the rules of the test split: per class, `round(val_fraction x its training
+    images)` (at least one, and at least one left to train on), and with the grouped split every near-duplicate
+    group whole on one side, so no group straddles train and validation either. Seeded by `(split_seed,
+    VAL_STREAM)`: the same folder and settings give the same split at every start.
+
+    Raises:
+        DataError: With the grouped split, a class whose training images are all copies of one picture.
+    """
+    is_val = np.zeros(len(is_test), dtype=bool)
+    if not data.val_fraction:
+        return is_val
+    train = np.flatnonzero(~is_test)
+    labels, seed = found.labels[train], [data.split_seed, VAL_STREAM]
+    if data.split == "random":
+        is_val[train[stratified_split(labels, data.val_fraction, seed)]] = True
+        return is_val
+    local = np.full(len(is_test), -1)
+    local[train] = np.arange(len(train))
+    groups = [kept for group in found.groups if len(kept := [int(local[i]) for i in group if local[i] >= 0]) > 1]
+    try:
+        is_val[train[grouped_split(labels, groups, data.val_fraction, seed)]] = True
+    except SplitError as exc:
+        name = found.class_names[exc.label]
+        raise DataError(
+            f"data.path: every training image of class '{name}' is a copy of one picture, so none can be held out "
+            f"for validation without its copies in training; add pictures to that class, or set val_fraction = 0"
+        ) from None
+    return is_val
+
+
+def split_names(is_test: np.ndarray, is_val: np.ndarray) -> np.ndarray:
+    """Per image, `train`, `val` or `test`."""
+    return np.where(is_test, "test", np.where(is_val, "val", "train"))
+
+
 class SplitError(DataError):
     """A class cannot be split without leaking: all of its images are copies of one picture."""
 
@@ -404,19 +463,20 @@ class SplitError(DataError):
         self.label = label
 
 
-def leaked_test(is_test: np.ndarray, groups: list[list[int]]) -> np.ndarray:
-    """Per image: a test image that has a copy in the training split."""
+def leaked_test(is_test: np.ndarray, groups: list[list[int]], trained: np.ndarray | None = None) -> np.ndarray:
+    """Per image: a test image that has a copy among the images trained on (default: every image not in test)."""
+    trained = ~is_test if trained is None else trained
     leaked = np.zeros(len(is_test), dtype=bool)
     for group in groups:
         members = np.asarray(group)
-        if (~is_test[members]).any():
+        if trained[members].any():
             leaked[members[is_test[members]]] = True
     return leaked
 
 
-def cross_split(is_test: np.ndarray, groups: list[list[int]]) -> list[list[int]]:
-    """The groups with members on both sides of the split."""
-    return [g for g in groups if is_test[g].any() and not is_test[g].all()]
+def cross_split(splits: np.ndarray, groups: list[list[int]]) -> list[list[int]]:
+    """The groups with members in more than one split (`splits`: the split of each image, by name or as is_test)."""
+    return [g for g in groups if len(np.unique(splits[g])) > 1]
 
 
 def _write_manifest(output: Path, manifest: Manifest, settings: dict, fingerprints: dict[str, list]) -> None:
@@ -427,13 +487,13 @@ def _write_manifest(output: Path, manifest: Manifest, settings: dict, fingerprin
         "skipped": manifest.skipped,
         "ignored": manifest.ignored,
         "duplicate_groups": group_paths(paths, groups),
-        "cross_split_groups": group_paths(paths, cross_split(manifest.is_test, groups)),
+        "cross_split_groups": group_paths(paths, cross_split(manifest.splits, groups)),
         "leaked_test": [paths[i] for i in np.flatnonzero(manifest.leaked())],
         "fingerprints": fingerprints,
     }
     rows = (
-        (p, manifest.class_names[lab], "test" if t else "train")
-        for p, lab, t in zip(manifest.paths, manifest.labels, manifest.is_test, strict=True)
+        (p, manifest.class_names[lab], split)
+        for p, lab, split in zip(manifest.paths, manifest.labels, manifest.splits, strict=True)
     )
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -472,6 +532,7 @@ def _read_meta(output: Path) -> dict[str, Any] | None:
             f"--output, or delete {meta_path.name} and {MANIFEST} to split again (every cell then runs again)"
         )
     meta.setdefault("split", "random")  # folders from before the grouped split were split at random
+    meta.setdefault("val_fraction", 0.0)  # and those from before the validation split had none
     return meta
 
 
@@ -532,6 +593,7 @@ def _manifest_from_files(output: Path, meta: dict[str, Any], root: Path) -> Mani
         meta.get("ignored", 0),
         meta["split"],
         grouped,
+        np.array([r["split"] == "val" for r in rows], dtype=bool),
     )
 
 
@@ -641,5 +703,5 @@ def leaked_test_paths(output: Path) -> set[str] | None:
     digests = [entry[2] for entry in file_digests(root, paths, known).values()]
     check = check_images(files, digests, cache_root())
     groups = _duplicate_groups(check, list(range(len(files))), digests, None)
-    is_test = np.array([r["split"] == "test" for r in rows])
-    return {paths[i] for i in np.flatnonzero(leaked_test(is_test, groups))}
+    splits = np.array([r["split"] for r in rows])
+    return {paths[i] for i in np.flatnonzero(leaked_test(splits == "test", groups, splits == "train"))}

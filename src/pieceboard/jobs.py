@@ -34,7 +34,7 @@ from pieceboard._console import STOP, PieceboardError, check_stop, one_line
 from pieceboard._io import StorageError
 from pieceboard.batches import RESIDENT_SHARE
 from pieceboard.checkpoint import Checkpoints, saved_epoch
-from pieceboard.config import Cell, load_config
+from pieceboard.config import Cell
 from pieceboard.data import Manifest, load_manifest
 from pieceboard.device import make_accelerator
 from pieceboard.models import save_model_folder
@@ -53,10 +53,8 @@ _DISTRIBUTED_ENV = (
 
 @dataclass
 class WorkerSpec:
-    """What every cell of a worker shares: the benchmark, where results go, the device and W&B."""
+    """What every cell of a worker shares: where results go, the device and W&B."""
 
-    source: str | dict[str, Any]  # the benchmark file, or its content as a dict
-    overrides: list[str]
     output: str
     wandb_mode: str
     wandb_project: str
@@ -67,10 +65,10 @@ class WorkerSpec:
 
 @dataclass
 class CellTask:
-    """One cell to run, with everything the main process already resolved for it."""
+    """One cell (or tuning trial) to run, with everything the main process already resolved for it."""
 
     cell_id: str
-    stored_config: dict[str, Any]
+    stored_config: dict[str, Any]  # the cell's every setting (`Cell.to_dict`), with the data and tuning keys
     precision: str
     weights: str | None
     pixels: str  # the cache's pixels.npy
@@ -79,6 +77,11 @@ class CellTask:
     checkpoint_every: int = 1  # [benchmark] checkpoint_every
     keep_checkpoints: bool = False  # [benchmark] keep_checkpoints
     keep_model: bool = True  # write runs/<id>/model when the cell completes ([benchmark] keep_models is not "none")
+    tuning: dict[str, Any] | None = None  # a tuned cell's trials and choice, kept in its result
+
+    def cell(self) -> Cell:
+        """The cell this task trains, as its stored configuration describes it."""
+        return Cell.from_dict(self.cell_id, self.stored_config)
 
 
 @dataclass
@@ -99,7 +102,7 @@ def run_data(manifest: Manifest, task: CellTask, sharers: int = 1) -> RunData:
     mean_std = (list(task.mean_std[0]), list(task.mean_std[1])) if task.mean_std is not None else None
     return RunData(
         pixels, manifest.labels, manifest.train_indices, manifest.test_indices, manifest.class_names, mean_std,
-        task.cache_s, RESIDENT_SHARE / sharers,
+        task.cache_s, RESIDENT_SHARE / sharers, manifest.val_indices,
     )  # fmt: skip
 
 
@@ -115,7 +118,8 @@ def run_cell(
     """Fit one cell under a fresh Accelerator; an exception becomes a failed result, so that the matrix goes on.
 
     The cell resumes from its checkpoint when it has a usable one, checkpoints as it trains, and, when it completes,
-    writes its model folder (`task.keep_model`; a full disk then costs the folder, not the result).
+    writes its model folder (`task.keep_model`; a full disk then costs the folder, not the result). A tuning trial
+    (`cell.trial_of`) is never tested: its predictions are the validation split's.
 
     Raises:
         KeyboardInterrupt: A stop was requested (Ctrl-C, SIGTERM).
@@ -136,13 +140,16 @@ def run_cell(
         on_event(event)
 
     try:
-        outcome = fit(cell, data, accelerator, weights_file=task.weights, log=log, checkpoints=checkpoints)
+        outcome = fit(
+            cell, data, accelerator, weights_file=task.weights, log=log, checkpoints=checkpoints,
+            test=cell.trial_of is None,
+        )  # fmt: skip
     except Exception as exc:
         tracker.finish(failed=True)
         message = f"{type(exc).__name__}: {exc}".strip()
         failed = RunResult(
             id=cell.id, status="failed", config=task.stored_config, error=message, cache_s=task.cache_s,
-            precision=task.precision,
+            precision=task.precision, tuning=task.tuning or {},
         )  # fmt: skip
         if accelerator.num_processes > 1 and not isinstance(exc, NonFiniteLoss):
             if accelerator.is_main_process:
@@ -159,13 +166,17 @@ def run_cell(
             outcome.notes.append(note)
             on_event({"event": "note", "text": note})
     outcome.model = None
-    tracker.finish(outcome.metrics | {"train_img_s": outcome.train_img_s, "params": outcome.params})
+    validation = {(k if k == "val_loss" else f"val_{k}"): v for k, v in outcome.val_metrics.items()}
+    tracker.finish(outcome.metrics | validation | {"train_img_s": outcome.train_img_s, "params": outcome.params})
     measured = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(RunResult) if hasattr(outcome, f.name)}
-    result = RunResult(id=cell.id, status="completed", config=task.stored_config, cache_s=task.cache_s, **measured)
+    result = RunResult(
+        id=cell.id, status="completed", config=task.stored_config, cache_s=task.cache_s, tuning=task.tuning or {},
+        **measured,
+    )  # fmt: skip
     names = manifest.class_names
     rows = [
         (int(i), manifest.paths[i], names[int(data.labels[i])], names[int(p)], round(float(c), 6))
-        for i, p, c in zip(data.test_indices, outcome.predictions, outcome.confidence, strict=True)
+        for i, p, c in zip(outcome.positions, outcome.predictions, outcome.confidence, strict=True)
     ]
     return Outcome(result, rows)
 
@@ -235,8 +246,6 @@ def worker_main(events_fd: int) -> None:
             import torch
 
             torch.set_num_threads(spec.threads)
-            config = load_config(spec.source, spec.overrides)
-            cells = {cell.id: cell for cell in config.cells}
             output = Path(spec.output)
             manifest = load_manifest(output)
             tracker = Tracker(
@@ -249,7 +258,7 @@ def worker_main(events_fd: int) -> None:
                     check_stop()
                     data = run_data(manifest, task, spec.sharers)
                     report = functools.partial(send, "event")
-                    outcome = run_cell(cells[task.cell_id], task, data, manifest, tracker, report, output)
+                    outcome = run_cell(task.cell(), task, data, manifest, tracker, report, output)
                 except KeyboardInterrupt:
                     tracker.finish(failed=True)
                     send("stopped", cell_id=task.cell_id, signal=(_SIGNALLED or ["SIGTERM"])[0])
@@ -414,7 +423,7 @@ class WorkerPool:
                     f"rerun to continue{self._resumes_from(task.cell_id, ' from')}"
                 )
                 yield self._record(RunResult(id=task.cell_id, status="skipped", config=task.stored_config,
-                                             error=reason, cache_s=task.cache_s))  # fmt: skip
+                                             error=reason, cache_s=task.cache_s, tuning=task.tuning or {}))  # fmt: skip
         elif kind == "fatal":
             if message.get("user"):
                 raise PieceboardError(message["error"])
@@ -438,7 +447,7 @@ class WorkerPool:
             for task in list(pending):
                 error = f"WorkerDied: no worker process could start to run this cell (the last one ended: {why})"
                 yield self._record(RunResult(id=task.cell_id, status="failed", config=task.stored_config,
-                                             error=error, cache_s=task.cache_s))  # fmt: skip
+                                             error=error, cache_s=task.cache_s, tuning=task.tuning or {}))  # fmt: skip
             pending.clear()
 
     def _resumes_from(self, cell_id: str, lead: str = "; a rerun continues from") -> str:
@@ -455,7 +464,10 @@ class WorkerPool:
 def _died(task: CellTask, how: str, fatal: str | None, resume: str) -> RunResult:
     cause = f": {fatal}" if fatal else "; out of memory is the usual cause" if how == "signal SIGKILL" else ""
     error = f"WorkerDied: the worker process running this cell ended ({how}){cause}{resume}"
-    return RunResult(id=task.cell_id, status="failed", config=task.stored_config, error=error, cache_s=task.cache_s)
+    return RunResult(
+        id=task.cell_id, status="failed", config=task.stored_config, error=error, cache_s=task.cache_s,
+        tuning=task.tuning or {},
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ It is derived from the stored files alone and never changes them. Beyond the sto
 - a check: a completed row whose figures differ from its `predictions.csv` becomes `corrupt`, naming the file;
 - clean accuracy and F1: the same predictions scored only on test images without a copy in train;
 - a verdict: `p_vs_best`, a paired test against the leader on the same test images, and whether it is tied;
-- time to accuracy: training seconds and epochs until test accuracy first reached a fraction of the run's best;
+- time to accuracy: training seconds and epochs until accuracy first reached a fraction of the run's best (on the
+  validation split when there is one, since that is where the curves are);
+- tuning: the values each tuned row's trials chose, and every row's validation score;
 - cost: `latency_ms`, `peak_mem_mb` beside parameters, FLOPs and throughput, and the Pareto front of F1 and latency;
 - guardrails: rows trained or scored under other conditions than most rows (split, epochs, augmentation,
-  evaluation transform) say so;
+  evaluation transform, tuning budget) say so;
 - `model_dir`: where the cell's trained model is kept, when it is.
 """
 
@@ -46,6 +48,8 @@ from pieceboard.results import (
     RUNS,
     RunResult,
     comparable_config,
+    curve,
+    is_trial,
     kept_model,
     load_predictions,
     load_results,
@@ -54,7 +58,7 @@ from pieceboard.results import (
 
 ALPHA = 0.05  # level of the paired tests against the leader: p >= ALPHA is "tied with the leader"
 ONE_CLASS_SHARE = 0.95  # a run that gives one class to this share of the test images (or more) is flagged
-ACC_FRACTION = 0.95  # time to accuracy: until test accuracy first reaches this fraction of the run's best
+ACC_FRACTION = 0.95  # time to accuracy: until accuracy first reaches this fraction of the run's best
 MIN_SEEDS_FOR_INTERVAL = 3  # with 2 seeds the t quantile is 12.7: the interval spans the whole range
 TOLERANCE = 1e-9  # stored figures against the ones recomputed from predictions.csv
 CHECKED = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
@@ -92,9 +96,11 @@ COLUMNS = [
     Column("image_size", "px", priority=6),
     Column("batch_size", "batch", priority=6),
     Column("epochs", "epochs", priority=7),
+    Column("tuned", "tuned", "settings", priority=2),
     Column("accuracy", "acc", "{:.4f}", priority=0),
     Column("clean_accuracy", "clean acc", "{:.4f}", priority=0),
     Column("f1_macro", "F1", "{:.4f}", priority=0),
+    Column("val_f1_macro", "val F1", "{:.4f}", priority=3),
     Column("test_loss", "test loss", "{:.4f}", priority=8),
     Column("train_loss", "train loss", "{:.4f}", priority=8),
     Column("p_vs_best", "vs best", "verdict", priority=0),
@@ -131,7 +137,7 @@ SEED_COLUMNS = [
     Column("guardrail", "guardrail", priority=2),
 ]
 IDENTITY = {"rank", "id", "model", "mode", "image_size", "batch_size", "epochs"}  # shown for rows that did not complete
-TEXT = {"id", "model", "mode", "precision", "guardrail", "status", "group", "flag", "label"}  # left-aligned
+TEXT = {"id", "model", "mode", "tuned", "precision", "guardrail", "status", "group", "flag", "label"}  # left-aligned
 WRAPPED = {"guardrail", "status", "flag"}  # sentences: in a terminal they wrap onto more lines rather than widen
 SENTENCES = WRAPPED - {"status"}  # listed under a table that leaves them out (a status is, only when not completed)
 WRAPPED_WIDTH = 24  # the width a wrapped column is given when the table is fitted to a terminal
@@ -147,6 +153,9 @@ def _row(result: RunResult, acc_fraction: float) -> dict[str, Any]:
         row[key] = config.get(key)
     for key in METRICS:
         row[key] = result.metrics.get(key)
+    row["val_accuracy"], row["val_f1_macro"] = (result.val_metrics.get(k) for k in ("accuracy", "f1_macro"))
+    row["tuned"] = result.tuning.get("chosen")  # the values the trials chose on validation
+    row["tune_budget"] = result.tuning.get("budget")
     for key in COSTS:
         row[key] = getattr(result, key)
     row["precision"] = result.precision
@@ -185,17 +194,20 @@ def degenerate(result: RunResult) -> str | None:
 
 
 def time_to_accuracy(history: list[dict[str, Any]], fraction: float = ACC_FRACTION) -> tuple[float | None, int | None]:
-    """Training seconds and epochs until test accuracy first reached `fraction` of the run's best accuracy.
+    """Training seconds and epochs until accuracy first reached `fraction` of the run's best accuracy.
+
+    The accuracy of the per-epoch curves: validation accuracy with a validation split, else test accuracy.
 
     Args:
-        history: A result's per-epoch entries, with `accuracy` and `train_s` (that epoch's training seconds).
+        history: A result's per-epoch entries, with `accuracy` (or `val_accuracy`) and `train_s` (that epoch's
+            training seconds).
         fraction: The share of the best accuracy to reach, in (0, 1].
 
     Returns:
         `(seconds, epochs)`: the summed `train_s` of the epochs up to and including that one, and its `epoch`.
         None for what the history does not hold (no history, an epoch without accuracy or without `train_s`).
     """
-    accuracies = [entry.get("accuracy") for entry in history]
+    accuracies = curve(history, "accuracy")
     if not accuracies or not all(isinstance(a, int | float) and math.isfinite(a) for a in accuracies):
         return None, None
     target = fraction * max(accuracies)
@@ -302,15 +314,17 @@ def read_predictions(folder: Path, result: RunResult) -> Predictions:
 
 
 def check_predictions(folder: Path, result: RunResult) -> Predictions:
-    """A completed run's predictions, after checking that they give the figures stored in its result.json.
+    """A completed run's predictions, after checking that they give the figures stored in its result.json (a tuning
+    trial's: its validation figures, the split its predictions are on).
 
     Raises:
         ValueError: The file is missing, unreadable, or gives other figures (beyond 1e-9); the message names it.
     """
     predictions = read_predictions(folder, result)
     scores = predictions.score()
+    figures = result.val_metrics if is_trial(result.id) else result.metrics
     for key in CHECKED:
-        stored = result.metrics.get(key)
+        stored = figures.get(key)
         if stored is None or not abs(stored - scores[key]) <= TOLERANCE:  # `not <=` also catches NaN
             raise ValueError(f"{folder / PREDICTIONS}: gives {key} {scores[key]:.6f}, but result.json says {stored}")
     return predictions
@@ -417,12 +431,18 @@ def split_digest(result: RunResult) -> str | None:
     return data.get("manifest_sha256") if isinstance(data, dict) else None
 
 
+def _setting(key: str) -> Callable[[RunResult], Any]:
+    # A value the row's trials chose is not judged: every row had the same choice, with the same budget.
+    return lambda r: None if key in (r.tuning.get("chosen") or {}) else r.config.get(key)
+
+
 # (label, value) of what must be equal for two rows to be compared fairly; None (unknown, old results) is not judged.
 GUARDS: list[tuple[str, Callable[[RunResult], Any]]] = [
     ("split", split_digest),
-    ("epochs", lambda r: r.config.get("epochs")),
-    ("augment", lambda r: r.config.get("augment")),
+    ("epochs", _setting("epochs")),
+    ("augment", _setting("augment")),
     ("eval transform", lambda r: _transform_kind(r.transform)),
+    ("tuning budget", lambda r: r.tuning.get("budget")),
 ]
 
 
@@ -443,8 +463,9 @@ def _show(value: Any) -> str:
 def guardrails(results: Iterable[RunResult]) -> dict[str, str]:
     """Why each result is not comparable with most of the others, by id (absent when it is).
 
-    For each guard (split fingerprint, epochs, augmentation, evaluation transform) the reference is the value most
-    results share; on a tie, the value of the earlier result (pass them best first).
+    For each guard (split fingerprint, epochs, augmentation, evaluation transform, tuning budget: trials and epochs
+    per trial) the reference is the value most results share; on a tie, the value of the earlier result (pass them
+    best first). A setting a row's trials chose is not judged.
     """
     results = list(results)
     notes: dict[str, list[str]] = {}
@@ -592,6 +613,8 @@ def cell(row: dict[str, Any], column: Column) -> str:
         return str(len(value)) if isinstance(value, list) else _human_count(int(value))
     if column.spec == "yesno":
         return "yes" if value else "no"
+    if column.spec == "settings":
+        return " ".join(f"{key}={_show(item)}" for key, item in value.items())
     return column.spec.format(value)
 
 

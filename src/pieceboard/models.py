@@ -22,6 +22,7 @@ import timm
 import torch
 from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath
 from timm.models import build_model_with_cfg, register_model
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -291,7 +292,9 @@ def _check_pickle(path: str, where: str) -> None:
                 )
 
 
-def build_model(model_name: str, mode: str, num_classes: int, image_size: int, weights_file: str | None) -> nn.Module:
+def build_model(
+    model_name: str, mode: str, num_classes: int, image_size: int, weights_file: str | None, drop_path: float = 0.0
+) -> nn.Module:
     """Create a model ready to train in the given mode.
 
     Args:
@@ -300,6 +303,7 @@ def build_model(model_name: str, mode: str, num_classes: int, image_size: int, w
         num_classes: Output classes; a pretrained classifier of another size is replaced.
         image_size: Input size (the MLP's input layer depends on it).
         weights_file: From `resolve_weights`; required unless mode is scratch.
+        drop_path: Stochastic depth rate (timm's `drop_path_rate`); see `has_drop_path`.
 
     Returns:
         The model, with only the classifier trainable in linear_probe mode.
@@ -307,6 +311,8 @@ def build_model(model_name: str, mode: str, num_classes: int, image_size: int, w
     kwargs: dict = {"num_classes": num_classes}
     if is_mlp(model_name):
         kwargs["img_size"] = image_size
+    if drop_path:
+        kwargs["drop_path_rate"] = drop_path
     if mode == "scratch":
         model = timm.create_model(model_name, pretrained=False, **kwargs)
     else:
@@ -377,6 +383,20 @@ def probe(model_name: str, image_size: int) -> Probe:
     depthwise = any(c.groups > 1 and c.groups == c.in_channels for c in convs)
     feature_map = int(features.shape[-1]) if features.ndim == 4 else None
     return Probe(depthwise, feature_map, bool(single_pixel), gflops, count_parameters(model))
+
+
+@functools.lru_cache(maxsize=128)
+def has_drop_path(model_name: str) -> bool:
+    """Whether the model takes timm's `drop_path_rate` and builds stochastic-depth layers from it (on the meta device).
+
+    Some timm models take the argument and ignore it; they count as without.
+    """
+    with torch.device("meta"):
+        try:
+            model = timm.create_model(model_name, pretrained=False, num_classes=2, drop_path_rate=0.1)
+        except TypeError:  # the constructor has no such argument (pieceboard_mlp)
+            return False
+    return any(isinstance(m, DropPath) for m in model.modules())
 
 
 def count_gflops(model: nn.Module, image_size: int, device: torch.device | str) -> float:

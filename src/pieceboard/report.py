@@ -46,19 +46,20 @@ from pieceboard.leaderboard import (
     pareto_front,
 )
 from pieceboard.metrics import RESAMPLES, SEED, most_confused
-from pieceboard.results import RunResult, comparable_config
+from pieceboard.results import RunResult, comparable_config, curve, curve_split
 
 REPORT = "report.html"
 PLOTS = "plots"
 DPI = 90
 MAX_PANELS = 12  # panels per axis figure: beyond that a figure is too tall to read
-AXIS_IGNORED = {"run", "seed", "data"}  # config keys that are never a plotted axis (seeds are in their own plot)
+AXIS_IGNORED = {"run", "seed", "data", "tune"}  # config keys that are never a plotted axis (seeds: their own plot)
 MISTAKES = 24  # test images shown per run in the gallery of mistakes, most confident first
 THUMBNAIL = 96  # pixels: the longest side of a gallery picture
 CONFUSED = 5  # most confused class pairs listed per run
 # The leaderboard's first table: what the verdict and the choice rest on. Every other column is in the second.
 MAIN = ("rank", "id", "accuracy", "clean_accuracy", "f1_macro", "p_vs_best", "flag", "time_to_acc_s", "params",
         "latency_ms", "train_s", "pareto")  # fmt: skip
+TUNED = ("tuned", "val_f1_macro")  # in the first table too when the rows were tuned
 
 
 @dataclass
@@ -121,17 +122,19 @@ def _epochs(result: RunResult) -> list[int]:
 
 
 def curves_figure(result: RunResult) -> Figure:
-    """Train loss with the per-epoch test loss on the same axis (the overfitting view), and test accuracy and F1."""
+    """Train loss with the per-epoch evaluation loss on the same axis (the overfitting view), and the per-epoch
+    accuracy and F1: of the validation split when there is one, else of the test split."""
     figure = Figure(figsize=(9, 3.2), layout="constrained")
     loss, quality = figure.subplots(1, 2)
+    split = curve_split(result.history)
     xs, ys = train_loss_curve(result)
     loss.plot(xs, ys, label="train loss", color="tab:blue", linewidth=1)
     epochs = _epochs(result)
-    loss.plot(epochs, [h.get("test_loss") for h in result.history], "o-", label="test loss", color="tab:red")
+    loss.plot(epochs, curve(result.history, "loss"), "o-", label=f"{split} loss", color="tab:red")
     loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     for key, label in (("accuracy", "accuracy"), ("f1_macro", "macro F1")):
-        quality.plot(epochs, [h.get(key) for h in result.history], "o-", label=f"test {label}")
-    quality.set(xlabel="epoch", ylabel="score", title="test accuracy and F1")
+        quality.plot(epochs, curve(result.history, key), "o-", label=f"{split} {label}")
+    quality.set(xlabel="epoch", ylabel="score", title=f"{split} accuracy and F1")
     for axes in (loss, quality):
         _epoch_axis(axes)
         axes.legend(fontsize=8)
@@ -232,7 +235,8 @@ def _short(value: Any) -> str:
 
 
 def axis_figure(axis: str, panels: list[dict[str, list[RunResult]]], varying: list[str]) -> Figure:
-    """One row per group of runs that differ only in `axis`: test accuracy per epoch and training loss, overlaid."""
+    """One row per group of runs that differ only in `axis`: accuracy per epoch (validation accuracy with a
+    validation split) and training loss, overlaid."""
     shown = panels[:MAX_PANELS]
     figure = Figure(figsize=(10, 2.6 * len(shown) + 0.6), layout="constrained")
     grid = figure.subplots(len(shown), 2, squeeze=False)
@@ -241,9 +245,10 @@ def axis_figure(axis: str, panels: list[dict[str, list[RunResult]]], varying: li
             for i, result in enumerate(members):  # several members: the seeds of one value, in one colour
                 label = f"{axis}={_short(json.loads(value))}" if i == 0 else None
                 style = {"color": f"C{colour}", "label": label, "alpha": 1.0 if len(members) == 1 else 0.6}
-                quality.plot(_epochs(result), [h.get("accuracy") for h in result.history], "o-", **style)
+                quality.plot(_epochs(result), curve(result.history, "accuracy"), "o-", **style)
                 loss.plot(*train_loss_curve(result), linewidth=1, **style)
-        quality.set(xlabel="epoch", ylabel="test accuracy")
+        split = curve_split(next(iter(group.values()))[0].history)
+        quality.set(xlabel="epoch", ylabel=f"{split} accuracy")
         loss.set(xlabel="epoch", ylabel="train loss")
         quality.set_title(_panel_title(group, axis, varying), fontsize=9, loc="left")
         for axes in (quality, loss):
@@ -288,14 +293,16 @@ def _plots(board: Leaderboard) -> tuple[list[Plot], dict[str, list[Plot]]]:
     axes = axis_groups(done)
     for axis, panels in axes.items():
         more = f" The first {MAX_PANELS} of {len(panels)} groups." if len(panels) > MAX_PANELS else ""
-        caption = f"Runs that differ only in {axis}: test accuracy and training loss.{more}"
+        caption = f"Runs that differ only in {axis}: accuracy per epoch and training loss.{more}"
         shared.append(Plot(f"axis-{_slug(axis)}.png", caption, _png(axis_figure(axis, panels, list(axes)))))
     if board.seeds:
         shared.append(Plot("seeds.png", "Macro F1 over seeds.", _png(seeds_figure(board.seeds))))
     per_run = {}
     for result in done:
         name = f"run-{_slug(result.id)}"
-        own = [Plot(f"{name}-curves.png", "Loss, accuracy and F1 per epoch.", _png(curves_figure(result)))]
+        split = "validation" if curve_split(result.history) == "val" else "test"
+        caption = f"Loss, accuracy and F1 per epoch, on the {split} split."
+        own = [Plot(f"{name}-curves.png", caption, _png(curves_figure(result)))]
         if result.confusion_matrix:
             own.append(Plot(f"{name}-confusion.png", "Confusion matrix.", _png(confusion_figure(result))))
         per_run[result.id] = own
@@ -550,6 +557,36 @@ def _per_class(result: RunResult) -> str:
     return f'<table class="per-class">{head}{rows}</table>'
 
 
+def _trials(result: RunResult) -> str:
+    """A tuned run's trials: the values each tried, its validation scores, and the one chosen."""
+    tuning = result.tuning
+    if not tuning.get("trials"):
+        return ""
+    budget = tuning.get("budget") or {}
+    head = (
+        "<tr><th>trial</th><th>values</th><th>status</th><th>val F1</th><th>val acc</th><th>val loss</th>"
+        "<th>train s</th></tr>"
+    )
+    rows = []
+    for trial in tuning["trials"]:
+        values = " ".join(f"{k}={v}" for k, v in (trial.get("values") or {}).items())
+        status = trial.get("status", "") + (f": {trial['error']}" if trial.get("error") else "")
+        texts = [str(trial.get("id")), values, status]
+        figures = [(trial.get(k), "{:.4f}") for k in ("val_f1_macro", "val_accuracy", "val_loss")]
+        figures.append((trial.get("train_s"), "{:.1f}"))
+        tds = "".join(f'<td class="text">{html.escape(text)}</td>' for text in texts)
+        tds += "".join(f"<td>{'-' if value is None else spec.format(value)}</td>" for value, spec in figures)
+        css = ' class="best"' if trial.get("id") == tuning.get("trial") else ""
+        rows.append(f"<tr{css}>{tds}</tr>")
+    chosen = " ".join(f"{k}={v}" for k, v in (tuning.get("chosen") or {}).items()) or "nothing (no trial completed)"
+    summary = (
+        f"<p>Tuned on the validation split: {budget.get('trials')} trials, {budget.get('epochs')} epochs in all; chose "
+        f"{html.escape(chosen)} (highest validation macro F1, highlighted), then trained for "
+        f"{result.config.get('epochs')} epoch(s) and scored the test split once.</p>"
+    )
+    return f'{summary}<table class="trials">{head}{"".join(rows)}</table>'
+
+
 def _page(
     output: Path,
     board: Leaderboard,
@@ -563,8 +600,9 @@ def _page(
     summary = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no runs"
     written = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     sentences = verdict(board, LeakCheck.from_meta(manifest_meta(output)))
-    main = [c for c in COLUMNS if c.key in MAIN]
-    details = [c for c in COLUMNS if c.key in ("rank", "id") or c.key not in MAIN]
+    tuned = any(row.get("tuned") for row in board.rows)
+    main = [c for c in COLUMNS if c.key in MAIN or (tuned and c.key in TUNED)]
+    details = [c for c in COLUMNS if c.key in ("rank", "id") or c not in main]
     parts = [
         f'<h1 id="top">pieceboard report: {html.escape(output.name)}</h1>',
         '<div id="verdict">',
@@ -593,7 +631,7 @@ def _page(
         parts.append('<h2 id="runs">Runs</h2>')
     for run_id, plots in per_run.items():
         result = board.results[run_id]
-        parts += [f'<h3 id="run-{_slug(run_id)}">{html.escape(run_id)}</h3>', *map(_figure, plots)]
+        parts += [f'<h3 id="run-{_slug(run_id)}">{html.escape(run_id)}</h3>', _trials(result), *map(_figure, plots)]
         parts.append(_per_class(result))
     title = f"pieceboard report: {html.escape(output.name)}"
     head = f'<meta charset="utf-8"><title>{title}</title><style>{STYLE}</style>'

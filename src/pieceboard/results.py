@@ -1,7 +1,8 @@
 """Results: one `runs/<id>/result.json` and `predictions.csv` per matrix cell, written atomically.
 
 A benchmark that is killed keeps every finished cell; the next start skips cells whose stored result is
-completed with the same configuration, and runs the rest. A result file that cannot be read (damaged, edited by
+completed with the same configuration, and runs the rest. Tuning trials are stored the same way, beside their cell
+(`runs/<cell-id>~<values>/`), and left out of `load_results`. A result file that cannot be read (damaged, edited by
 hand, written by a crash of another tool) is never fatal: it is read as a `corrupt` result with the reason, shown
 on the leaderboard, and rerun by the next benchmark.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import pydantic
 
 from pieceboard._io import atomic_write_text, is_complete
+from pieceboard.config import ADDED_DATA, ADDED_SETTINGS, TRIAL_MARK
 
 RUNS = "runs"
 RESULT = "result.json"
@@ -63,6 +65,9 @@ class RunResult:
     train_log: list[dict[str, int | float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
+    val_metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's, with a validation split
+    n_val: int | None = None
+    tuning: dict[str, Any] = field(default_factory=dict)  # a tuned cell's trials and the values chosen (tune.py)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready fields."""
@@ -87,6 +92,18 @@ class RunResult:
 
 
 _ADAPTER = pydantic.TypeAdapter(RunResult)
+
+
+def curve_split(history: list[dict[str, Any]]) -> str:
+    """The split a per-epoch history was scored on: `val` with a validation split, else `test`."""
+    return "val" if history and "val_accuracy" in history[0] else "test"
+
+
+def curve(history: list[dict[str, Any]], metric: str) -> list[Any]:
+    """One per-epoch figure, `accuracy`, `f1_macro` or `loss`, on the split of `curve_split` (None where missing)."""
+    split = curve_split(history)
+    key = f"{split}_loss" if metric == "loss" else f"val_{metric}" if split == "val" else metric
+    return [entry.get(key) for entry in history]
 
 
 def run_dir(output: Path, run_id: str) -> Path:
@@ -128,9 +145,20 @@ def read_result(path: Path) -> RunResult:
     return result
 
 
-def load_results(output: str | Path) -> list[RunResult]:
-    """Every stored result under `output/runs`, in folder order (damaged ones as `corrupt`)."""
-    return [read_result(path) for path in sorted((Path(output) / RUNS).glob(f"*/{RESULT}"))]
+def is_trial(run_id: str) -> bool:
+    """Whether a stored result is a tuning trial (`<cell-id>~<values>`) rather than a cell of the matrix."""
+    return TRIAL_MARK in run_id
+
+
+def load_results(output: str | Path, trials: bool = False) -> list[RunResult]:
+    """Every stored result of the matrix under `output/runs`, in folder order (damaged ones as `corrupt`).
+
+    Args:
+        output: A benchmark's output folder.
+        trials: Also the tuning trials.
+    """
+    paths = sorted((Path(output) / RUNS).glob(f"*/{RESULT}"))
+    return [read_result(path) for path in paths if trials or not is_trial(path.parent.name)]
 
 
 def load_predictions(folder: Path) -> list[dict[str, str]]:
@@ -153,5 +181,13 @@ def finished(output: Path, run_id: str, config: dict[str, Any]) -> RunResult | N
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A stored configuration without the keys that change how a cell runs but not what it trains (`graphs`)."""
-    return {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
+    """A stored configuration without the keys that change how a cell runs but not what it trains (`graphs`), and
+    without settings added later that hold the value every result stored before them trained with."""
+    kept = {
+        k: v
+        for k, v in config.items()
+        if k not in EXECUTION_KEYS and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])
+    }
+    if isinstance(kept.get("data"), dict):
+        kept["data"] = {k: v for k, v in kept["data"].items() if not (k in ADDED_DATA and v == ADDED_DATA[k])}
+    return kept

@@ -194,9 +194,9 @@ class Tracker:
         step = event["update"]
         if event["event"] == "train":
             values = {"train/loss": event["train/loss"], "train/lr": event["train/lr"]}
-        else:
-            keys = ("train_loss", "test_loss", "accuracy", "f1_macro", "epoch")
-            values = {f"eval/{k}": event[k] for k in keys}
+        else:  # test figures, or validation figures (val_loss, val_accuracy, ...) with a validation split
+            keys = ("train_loss", "test_loss", "accuracy", "f1_macro", "val_loss", "val_accuracy", "val_f1_macro")
+            values = {f"eval/{k}": event[k] for k in (*keys, "epoch") if k in event}
         try:
             self.run.log(values, step=step)
         except Exception as exc:  # a W&B failure mid-cell: the cell goes on without W&B

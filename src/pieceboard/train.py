@@ -4,9 +4,11 @@
     outcome = fit(cell, run_data, accelerator, weights_file=None, log=print)
 
 The loop in one breath: seed, build the timm model, prepare it with the optimizer, resume from the cell's checkpoint
-if it has one (`pieceboard.checkpoint`), then per epoch train on whole batches from the decode-once cache, evaluate
-the full test split exactly once (every process scores its own shard; the shards are gathered, checked for
-completeness and scored on every process) and checkpoint.
+if it has one (`pieceboard.checkpoint`), then per epoch train on whole batches from the decode-once cache, evaluate a
+whole split exactly once (every process scores its own shard; the shards are gathered, checked for completeness and
+scored on every process) and checkpoint. Without a validation split the split evaluated every epoch is the test
+split; with one, the curves are validation curves and the test split is scored once, after the last epoch (a tuning
+trial is never tested).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from accelerate.utils import set_seed
 
 from pieceboard._console import check_stop
 from pieceboard._image import RESIZE_METHOD
-from pieceboard.batches import RESIDENT_SHARE, BatchLoader, augment, resident_copy, to_float
+from pieceboard.batches import RESIDENT_SHARE, BatchLoader, Recipe, resident_copy, to_float
 from pieceboard.capture import Capture
 from pieceboard.checkpoint import Checkpoints, Progress
 from pieceboard.config import Cell, PieceboardError
@@ -61,6 +63,7 @@ class RunData:
     mean_std: tuple[list[float], list[float]] | None  # the training split's; needed by scratch runs only
     cache_s: float = 0.0
     device_share: float = RESIDENT_SHARE  # of a GPU's memory the cached images may take (workers share a GPU)
+    val_indices: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # empty: no validation
 
 
 @dataclass
@@ -79,9 +82,10 @@ class FitOutcome:
     eval_img_s: float
     data_wait_s: float
     n_train: int
-    n_test: int
-    predictions: np.ndarray  # predicted class per test image, in test_indices order
+    n_test: int  # test images scored: 0 for a tuning trial
+    predictions: np.ndarray  # predicted class per image of `positions`
     confidence: np.ndarray  # the softmax probability of that class, image for image
+    positions: np.ndarray  # the split the predictions are on: test_indices, or val_indices for a tuning trial
     precision: str
     channels_last: bool
     latency_ms: float
@@ -92,6 +96,8 @@ class FitOutcome:
     notes: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
     model: torch.nn.Module | None = field(default=None, repr=False)  # the trained model (unwrapped), to keep
+    val_metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's, with a validation split
+    n_val: int = 0
 
 
 class NonFiniteLoss(RuntimeError):
@@ -124,27 +130,43 @@ def train_step(
     labels: torch.Tensor,
     mean_std: tuple,
     channels_last: bool,
-    augmentations: list[str] | tuple = (),
-    generator: torch.Generator | None = None,
+    recipe: Recipe | None = None,
+    label_smoothing: float = 0.0,
+    clip_grad: float = 0.0,
 ) -> torch.Tensor:
     """One optimizer step on a uint8 batch already on the device; returns the (undetached) loss.
 
     `pieceboard throughput` times this same function against other input pipelines, so they compare like for like.
+    A `recipe` (augmentation, mixup) turns the batch into the model's input and targets; without one the images are
+    only normalised.
     """
-    x = to_float(images, *mean_std, channels_last)
-    if augmentations:
-        x = augment(x, list(augmentations), generator)
-    return optimizer_step(model, optimizer, accelerator, x, labels)
+    if recipe is None:
+        x, targets = to_float(images, *mean_std, channels_last), labels
+    else:
+        x, targets = recipe(images, labels, *mean_std, channels_last)
+    return optimizer_step(model, optimizer, accelerator, x, targets, label_smoothing, clip_grad)
 
 
 def optimizer_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, accelerator: Accelerator, x: torch.Tensor, labels
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    accelerator: Accelerator,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    label_smoothing: float = 0.0,
+    clip_grad: float = 0.0,
 ) -> torch.Tensor:
-    """Forward, loss, backward and update on a normalised float batch."""
+    """Forward, loss, backward and update on a normalised float batch.
+
+    `targets` are class indices, or class probabilities (after mixup); torch's cross-entropy smooths either.
+    `clip_grad` > 0 clips the norm of all gradients (unscaled first under fp16) before the update.
+    """
     with accelerator.autocast():
-        loss = F.cross_entropy(model(x), labels)
+        loss = F.cross_entropy(model(x), targets, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
+    if clip_grad:
+        accelerator.clip_grad_norm_(model.parameters(), clip_grad)
     optimizer.step()
     return loss
 
@@ -222,6 +244,13 @@ class Setup:
     trainable_params: int
     gflops: float
     capture: Capture
+    val_loader: BatchLoader | None = None  # None without a validation split
+    recipe: Recipe | None = None  # None: the batch is only normalised
+    ema: timm.utils.ModelEmaV3 | None = None  # the moving average of the weights, which is evaluated when there is one
+
+    def scored_model(self) -> tuple[torch.nn.Module, Capture | None]:
+        """The weights an evaluation scores, and the capture to run full batches through (the trained model's)."""
+        return (self.ema.module, None) if self.ema is not None else (self.model, self.capture)
 
 
 def setup(cell: Cell, data: RunData, accelerator: Accelerator, weights_file: str | None = None) -> Setup:
@@ -232,7 +261,7 @@ def setup(cell: Cell, data: RunData, accelerator: Accelerator, weights_file: str
     """
     s = cell.settings
     set_seed(s.seed)
-    model = build_model(cell.model, cell.mode, len(data.class_names), s.image_size, weights_file)
+    model = build_model(cell.model, cell.mode, len(data.class_names), s.image_size, weights_file, s.drop_path)
     mean_std = normalization(model, cell.mode, data.mean_std)
     params, trainable = count_parameters(model), count_parameters(model, trainable_only=True)
     channels_last = use_channels_last(model, s.channels_last)
@@ -252,6 +281,9 @@ def setup(cell: Cell, data: RunData, accelerator: Accelerator, weights_file: str
         data.pixels, data.labels, data.train_indices, s.batch_size, shuffle=True, seed=s.seed, **shard
     )
     test_loader = BatchLoader(data.pixels, data.labels, data.test_indices, s.batch_size, shuffle=False, **shard)
+    val_loader = None
+    if len(data.val_indices):
+        val_loader = BatchLoader(data.pixels, data.labels, data.val_indices, s.batch_size, shuffle=False, **shard)
     if len(train_loader) == 0:
         raise PieceboardError(
             f"the training split has {len(data.train_indices)} images: too few for one batch of at least 2 images "
@@ -260,15 +292,22 @@ def setup(cell: Cell, data: RunData, accelerator: Accelerator, weights_file: str
     scheduler = _scheduler(optimizer, cell, len(train_loader))
     model, optimizer = accelerator.prepare(model, optimizer)
     # Each process draws its own augmentations (its images differ too), reproducibly for a seed and world size.
+    augment_seed = s.seed * AUGMENT_SEED_STRIDE + accelerator.process_index
     generator = torch.Generator(device=accelerator.device)
-    generator.manual_seed(s.seed * AUGMENT_SEED_STRIDE + accelerator.process_index)
+    generator.manual_seed(augment_seed)
+    recipe = None
+    if s.augment or s.mixup or s.cutmix:
+        recipe = Recipe(s.augment, s.crop_scale, s.mixup, s.cutmix, len(data.class_names), generator, augment_seed)
+    # timm's warm-up ramps the decay up from 0 (0.97 after 200 updates): without it, the average of a short benchmark
+    # would stay close to the random initial weights. Every process averages its copy of the same weights.
+    ema = timm.utils.ModelEmaV3(accelerator.unwrap_model(model), decay=s.ema, use_warmup=True) if s.ema else None
     if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every full batch has the same shape: tune the kernels once
     full_steps = len(data.train_indices) // s.batch_size * s.epochs
     capture = Capture(model, s.graphs, accelerator.device, s.batch_size // accelerator.num_processes, full_steps)
     return Setup(
         model, optimizer, scheduler, train_loader, test_loader, mean_std, channels_last, generator, params,
-        trainable, gflops, capture,
+        trainable, gflops, capture, val_loader, recipe, ema,
     )  # fmt: skip
 
 
@@ -312,12 +351,14 @@ def train_one_epoch(
 
         loss = run.capture.step(
             lambda model, images=images, labels=labels: train_step(
-                model, run.optimizer, accelerator, images, labels, run.mean_std, run.channels_last, s.augment,
-                run.generator,
+                model, run.optimizer, accelerator, images, labels, run.mean_std, run.channels_last, run.recipe,
+                s.label_smoothing, s.clip_grad,
             ),
             len(labels),
         )  # fmt: skip
         update += 1
+        if run.ema is not None:
+            run.ema.update(accelerator.unwrap_model(run.model), step=update)
         if run.scheduler is not None:
             run.scheduler.step_update(update)
         loss_sum += loss.detach().double() * len(labels)
@@ -342,6 +383,48 @@ def train_one_epoch(
     return EpochStats(train_loss, int(totals[1]), seconds, wait_s, update, points)
 
 
+@dataclass
+class Scored:
+    """One evaluation of a whole split."""
+
+    split: str  # val or test
+    positions: np.ndarray  # manifest positions, sorted
+    predictions: np.ndarray
+    confidence: np.ndarray  # the softmax probability of the predicted class
+    loss: float  # mean cross-entropy
+    scores: dict[str, Any]  # metrics.classification_metrics
+    seconds: float
+
+
+def score(run: Setup, data: RunData, accelerator: Accelerator, split: str) -> Scored:
+    """Evaluate every image of the `val` or `test` split once (the moving average of the weights when there is one)."""
+    indices, loader = (data.val_indices, run.val_loader) if split == "val" else (data.test_indices, run.test_loader)
+    model, capture = run.scored_model()
+    started = time.perf_counter()
+    positions, predictions, losses, confidence = evaluate(
+        model, loader, accelerator, run.mean_std, indices, run.channels_last, capture
+    )
+    synchronize(accelerator.device)
+    seconds = time.perf_counter() - started
+    scores = classification_metrics(predictions, data.labels[positions], len(data.class_names), data.class_names)
+    return Scored(split, positions, predictions, confidence, float(losses.mean()), scores, seconds)
+
+
+def _entry(epoch: int, stats: EpochStats, scored: Scored) -> dict[str, float]:
+    # Test curves keep their first names (accuracy, f1_macro); validation curves say so (val_accuracy).
+    prefix = "val_" if scored.split == "val" else ""
+    return {
+        "epoch": epoch,
+        "train_loss": stats.train_loss,
+        f"{scored.split}_loss": scored.loss,
+        f"{prefix}accuracy": scored.scores["accuracy"],
+        f"{prefix}f1_macro": scored.scores["f1_macro"],
+    }
+
+
+SCORES = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+
+
 def fit(
     cell: Cell,
     data: RunData,
@@ -349,8 +432,9 @@ def fit(
     weights_file: str | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
     checkpoints: Checkpoints | None = None,
+    test: bool = True,
 ) -> FitOutcome:
-    """Train one cell and evaluate it after every epoch.
+    """Train one cell, evaluating after every epoch: on the validation split when there is one, else on the test split.
 
     Args:
         cell: The run with resolved settings.
@@ -360,13 +444,17 @@ def fit(
         log: Receives `{"event": "train", ...}` every `log_every` batches and `{"event": "epoch", ...}` per epoch;
             both count epochs from 1. `{"event": "note", "text": ...}` is a line for a person (a resume).
         checkpoints: Where the cell resumes from and checkpoints to (`pieceboard.checkpoint`); None for neither.
+        test: With a validation split, score the test split once after the last epoch. False for a tuning trial,
+            which is never tested: its predictions are then the validation split's.
 
     Returns:
-        Metrics of the last epoch, per-epoch history, costs and the test predictions.
+        The test metrics (of the last epoch, or of the one test evaluation after it), the last epoch's validation
+        metrics, the per-epoch history, costs and the predictions.
     """
     log = log or (lambda _: None)
     reset_peak_memory(accelerator.device)
     run = setup(cell, data, accelerator, weights_file)
+    curves = "val" if run.val_loader is not None else "test"
     progress = (checkpoints.resume(run, accelerator, log) if checkpoints else None) or Progress()
     started = time.perf_counter() - (progress.history[-1]["elapsed_s"] if progress.history else 0.0)
     for epoch in range(progress.epoch + 1, cell.settings.epochs + 1):
@@ -375,19 +463,10 @@ def fit(
         progress.train_log += stats.log
         progress.train_s, progress.wait_s = progress.train_s + stats.seconds, progress.wait_s + stats.wait_s
         progress.trained_images += stats.images
-        eval_start = time.perf_counter()
-        positions, predictions, losses, confidence = evaluate(
-            run.model, run.test_loader, accelerator, run.mean_std, data.test_indices, run.channels_last, run.capture
-        )
-        synchronize(accelerator.device)
-        progress.eval_s += time.perf_counter() - eval_start
-        scores = classification_metrics(predictions, data.labels[positions], len(data.class_names), data.class_names)
-        entry = {
-            "epoch": epoch,
-            "train_loss": stats.train_loss,
-            "test_loss": float(losses.mean()),
-            "accuracy": scores["accuracy"],
-            "f1_macro": scores["f1_macro"],
+        scored = score(run, data, accelerator, curves)
+        progress.eval_s += scored.seconds
+        progress.evaluated += len(scored.positions)
+        entry = _entry(epoch, stats, scored) | {
             "lr": run.optimizer.param_groups[0]["lr"],
             "train_s": stats.seconds,
             "elapsed_s": time.perf_counter() - started,
@@ -398,29 +477,38 @@ def fit(
         if checkpoints:
             checkpoints.save(run, accelerator, progress, log)
 
-    history = progress.history
-    metrics = {k: scores[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro")}
-    metrics |= {"test_loss": history[-1]["test_loss"], "train_loss": history[-1]["train_loss"]}
-    # predictions come back sorted by manifest position; store them in test_indices order.
-    order = np.searchsorted(positions, data.test_indices)
+    val_metrics: dict[str, float] = {}
+    if curves == "val":
+        val_metrics = {k: scored.scores[k] for k in SCORES} | {"val_loss": scored.loss}
+        if test:  # the one look at the test split
+            scored = score(run, data, accelerator, "test")
+            progress.eval_s += scored.seconds
+            progress.evaluated += len(scored.positions)
+    metrics: dict[str, float] = {}
+    if scored.split == "test":
+        metrics = {k: scored.scores[k] for k in SCORES} | {"test_loss": scored.loss, "train_loss": stats.train_loss}
+    # predictions come back sorted by manifest position; store them in the split's own order.
+    indices = data.test_indices if scored.split == "test" else data.val_indices
+    order = np.searchsorted(scored.positions, indices)
     peak = max(progress.peak_mem_mb, peak_memory_mb(accelerator.device))  # before the latency runs (they need less)
     normalize = "dataset" if cell.mode == "scratch" else "pretrained"
     return FitOutcome(
         metrics=metrics,
-        per_class=scores["per_class"],
-        confusion_matrix=scores["confusion_matrix"],
-        history=history,
+        per_class=scored.scores["per_class"],
+        confusion_matrix=scored.scores["confusion_matrix"],
+        history=progress.history,
         params=run.params,
         trainable_params=run.trainable_params,
         gflops=run.gflops,
         train_s=progress.train_s,
         train_img_s=progress.trained_images / progress.train_s if progress.train_s else 0.0,
-        eval_img_s=len(data.test_indices) * cell.settings.epochs / progress.eval_s if progress.eval_s else 0.0,
+        eval_img_s=progress.evaluated / progress.eval_s if progress.eval_s else 0.0,
         data_wait_s=progress.wait_s,
         n_train=len(data.train_indices),
-        n_test=len(positions),
-        predictions=predictions[order],
-        confidence=confidence[order],
+        n_test=len(scored.positions) if scored.split == "test" else 0,
+        predictions=scored.predictions[order],
+        confidence=scored.confidence[order],
+        positions=indices,
         precision=accelerator.mixed_precision,
         channels_last=bool(run.channels_last),
         latency_ms=latency_ms(run, accelerator, cell.settings.image_size),
@@ -430,7 +518,9 @@ def fit(
         train_log=progress.train_log,
         notes=([run.capture.note] if run.capture.note else []) + progress.notes,
         environment=environment(accelerator),
-        model=accelerator.unwrap_model(run.model),
+        model=accelerator.unwrap_model(run.scored_model()[0]),  # the weights that were tested (EMA's, with ema)
+        val_metrics=val_metrics,
+        n_val=len(data.val_indices),
     )
 
 
