@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pieceboard.batches import BatchLoader, augment, to_float
+from pieceboard.batches import CROP_SCALE, POLICY_GROUP, BatchLoader, Recipe, augment, to_float
 
 
 def _loader(indices, batch_size, world=1, rank=0, shuffle=True, seed=0, n=100):
@@ -79,3 +79,48 @@ def test_to_float_layout_follows_the_model():
     images = torch.from_numpy(np.zeros((2, 4, 4, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
     assert to_float(images, [0.5] * 3, [0.5] * 3).is_contiguous(memory_format=torch.channels_last)
     assert to_float(images, [0.5] * 3, [0.5] * 3, channels_last=False).is_contiguous()
+
+
+def _uint8_batch(n=16, size=8):
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=generator)
+    return pixels.permute(0, 3, 1, 2)  # NCHW view of NHWC memory, as the loader gives
+
+
+def test_a_policy_draws_per_group_of_images_from_its_own_stream():
+    images, labels = _uint8_batch(), torch.arange(16) % 3
+    norm = ([0.0] * 3, [1 / 255] * 3)  # to_float then gives the pixel values back
+    recipe = Recipe(["trivialaugment"], CROP_SCALE, 0.0, 0.0, 3, torch.Generator().manual_seed(0), seed=1)
+    state = torch.random.get_rng_state()
+    x, targets = recipe(images, labels, *norm)
+    assert torch.equal(torch.random.get_rng_state(), state)  # torch's global generator is left as it was
+    assert torch.equal(targets, labels) and x.is_contiguous(memory_format=torch.channels_last)
+    changed = [not torch.equal(x[i].round().to(torch.uint8), images[i]) for i in range(16)]
+    assert any(changed)  # some groups drew an operation that changes pixels
+    # The same seed draws the same operations; another seed others.
+    same = Recipe(["trivialaugment"], CROP_SCALE, 0.0, 0.0, 3, torch.Generator().manual_seed(0), seed=1)
+    other = Recipe(["trivialaugment"], CROP_SCALE, 0.0, 0.0, 3, torch.Generator().manual_seed(0), seed=2)
+    assert torch.equal(same(images, labels, *norm)[0], x)
+    assert not torch.equal(other(images, labels, *norm)[0], x)
+    # Groups of POLICY_GROUP images draw apart: the groups of one batch do not all get the same operation.
+    ones = torch.full((8 * POLICY_GROUP, 3, 8, 8), 100, dtype=torch.uint8)
+    ramp = ones * torch.arange(8).view(1, 1, 1, 8).to(torch.uint8)
+    out = Recipe(["randaugment"], CROP_SCALE, 0.0, 0.0, 3, torch.Generator(), seed=0)(
+        ramp, torch.zeros(64).long(), *norm
+    )[0]
+    groups = {tuple(out[i * POLICY_GROUP].flatten().tolist()) for i in range(8)}
+    assert len(groups) > 1
+
+
+@pytest.mark.parametrize("n", [16, 15])
+def test_mixup_gives_soft_targets_and_leaves_an_odd_image_unmixed(n):
+    images, labels = _uint8_batch(n), torch.arange(n) % 4
+    np.random.seed(0)  # timm's Mixup draws from NumPy's global generator (seeded per cell by accelerate's set_seed)
+    x, targets = Recipe([], CROP_SCALE, 1.0, 0.0, 4, torch.Generator(), seed=0)(images, labels, [0.5] * 3, [0.25] * 3)
+    assert targets.shape == (n, 4) and torch.allclose(targets.sum(1), torch.ones(n))
+    assert (targets.max(1).values < 1).all() if n % 2 == 0 else (targets[:-1].max(1).values < 1).all()
+    plain = to_float(images, [0.5] * 3, [0.25] * 3)
+    assert not torch.allclose(x[:2], plain[:2])
+    if n % 2:
+        assert torch.equal(targets[-1], torch.nn.functional.one_hot(labels[-1], 4).float())
+        assert torch.equal(x[-1], plain[-1])

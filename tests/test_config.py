@@ -7,6 +7,7 @@ registry, which needs no network).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import subprocess
@@ -75,6 +76,13 @@ EXPECTED_DEFAULTS = {
     "precision": "auto",
     "channels_last": "auto",
     "augment": [],
+    "crop_scale": [0.35, 1.0],
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "label_smoothing": 0.0,
+    "ema": 0.0,
+    "clip_grad": 0.0,
+    "drop_path": 0.0,
     "log_every": 20,
     "seed": 0,
     "graphs": "auto",
@@ -120,6 +128,7 @@ def test_minimal_file_loads_with_defaults(tmp_path: Path) -> None:
     assert config.data.path == "data/onepiece"
     assert config.data.test_fraction == 0.2
     assert config.data.split_seed == 0
+    assert config.data.val_fraction == 0.0
     assert config.data.cache_dir is None
     assert config.defaults.model_dump() == EXPECTED_DEFAULTS
     assert config.matrix == {}
@@ -511,7 +520,7 @@ INVALID = [
         "bad-augment",
         MINIMAL + '\n[defaults]\naugment = ["flip"]\n',
         "[defaults]: key 'augment.0': ",
-        ['"hflip" or "crop"', '(got "flip")'],
+        ['"crop", "randaugment", "trivialaugment" or "autoaugment"', '(got "flip")'],
     ),
     (
         "bad-wandb",
@@ -904,6 +913,17 @@ def test_shipped_benchmark_loads(path: Path) -> None:
     for cell in config.cells:
         assert isinstance(cell.settings, TrainSettings)
         assert cell.id.split("@", 1)[0] == cell.run
+    if config.tune is not None:  # a tuned study: every cell the same trials, the same budget
+        assert config.data.val_fraction > 0
+        assert len({json.dumps(config.tuning(cell)["budget"]) for cell in config.cells}) == 1
+        values = {tuple(t.id.split("~")[1] for t in config.trials[cell.id]) for cell in config.cells}
+        assert len(values) == 1 and len(next(iter(values))) > 1
+
+
+def test_the_study_is_shipped_untuned_and_tuned() -> None:
+    plain, tuned = load_config(REPO / "benchmarks" / "all.toml"), load_config(REPO / "benchmarks" / "all-tuned.toml")
+    assert [c.id for c in tuned.cells] == [c.id for c in plain.cells] and plain.tune is None
+    assert tuned.tune.space["lr"] and {c.settings.epochs for c in tuned.cells} == {10}
 
 
 def test_demo_benchmark_cells() -> None:
@@ -920,3 +940,147 @@ def test_demo_benchmark_cells() -> None:
     ]
     assert {c.settings.epochs for c in config.cells} == {3}
     assert {c.settings.batch_size for c in config.cells} == {64}
+
+
+# --- [tune] and the recipe settings -------------------------------------------------------------------------------
+
+TUNED = (
+    DATA.replace("[data]\n", "[data]\nval_fraction = 0.1\n")
+    + """
+[defaults]
+epochs = 6
+
+[[runs]]
+name = "mlp"
+model = "pieceboard_mlp"
+mode = "scratch"
+
+[[runs]]
+name = "r18"
+model = "resnet18"
+mode = "scratch"
+epochs = 4
+
+[matrix]
+image_size = [16, 32]
+
+[tune]
+lr = [3e-4, 1e-3, 3e-3]
+weight_decay = [0, 1e-4]
+"""
+)
+
+
+def test_every_cell_gets_the_same_trials_with_the_same_budget(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, TUNED))
+    assert [c.id for c in config.cells] == ["mlp@16px", "mlp@32px", "r18@16px", "r18@32px"]
+    grid = [{"lr": lr, "weight_decay": wd} for lr in (3e-4, 1e-3, 3e-3) for wd in (0.0, 1e-4)]
+    for cell in config.cells:
+        trials = config.trials[cell.id]
+        assert [{"lr": t.settings.lr, "weight_decay": t.settings.weight_decay} for t in trials] == grid
+        assert {t.settings.epochs for t in trials} == {cell.settings.epochs}  # default: the run's own epochs
+        assert all(t.trial_of == cell.id and t.id.startswith(f"{cell.id}~lr") for t in trials)
+        # Everything else is the cell's.
+        for trial in trials:
+            rest = trial.settings.model_dump(exclude={"lr", "weight_decay"})
+            assert rest == cell.settings.model_dump(exclude={"lr", "weight_decay"})
+    assert config.trials["mlp@16px"][1].id == "mlp@16px~lr0.0003-weight_decay0.0001"
+    assert config.tuning(config.cells[0]) == {
+        "space": {"lr": [3e-4, 1e-3, 3e-3], "weight_decay": [0, 1e-4]},
+        "trials": None,
+        "trial_epochs": None,
+        "search_seed": 0,
+        "budget": {"trials": 6, "epochs": 36},
+    }
+    assert config.tuning(config.cells[2])["budget"] == {"trials": 6, "epochs": 24}  # r18 trains 4 epochs
+    budget = load_config(_write(tmp_path, TUNED + "trial_epochs = 2\n"))
+    assert {t.settings.epochs for group in budget.trials.values() for t in group} == {2}
+    assert {c.settings.epochs for c in budget.cells} == {6, 4}  # the cells keep their epochs
+    assert {json.dumps(budget.tuning(cell)["budget"]) for cell in budget.cells} == {'{"trials": 6, "epochs": 12}'}
+
+
+def test_random_trials_are_a_seeded_draw_from_the_grid_shared_by_every_cell(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, TUNED + "trials = 4\nsearch_seed = 7\n"))
+    drawn = {tuple(t.id.split("~")[1] for t in config.trials[c.id]) for c in config.cells}
+    assert len(drawn) == 1 and len(next(iter(drawn))) == 4 and len(set(next(iter(drawn)))) == 4
+    again = load_config(_write(tmp_path, TUNED + "trials = 4\nsearch_seed = 7\n"))
+    assert [t.id for t in again.trials["mlp@16px"]] == [t.id for t in config.trials["mlp@16px"]]
+    seeds = {
+        tuple(
+            t.id for t in load_config(_write(tmp_path, TUNED + f"trials = 4\nsearch_seed = {s}\n")).trials["r18@16px"]
+        )
+        for s in range(5)
+    }
+    assert len(seeds) > 1
+
+
+def test_a_trial_is_stored_and_read_back_as_the_same_cell(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, TUNED))
+    trial = config.trials["r18@32px"][3]
+    stored = trial.to_dict() | {"data": {"path": "x"}, "tune": {}}
+    assert stored["trial_of"] == "r18@32px" and Cell.from_dict(trial.id, stored) == trial
+    cell = config.cells[0]
+    assert "trial_of" not in cell.to_dict() and Cell.from_dict(cell.id, cell.to_dict()) == cell
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("val_fraction = 0.1\n", ""), "[tune]: trials are compared on the validation split, and there is none"),
+        (("image_size = [16, 32]", "image_size = [16, 32]\nlr = [1e-3]"), "[tune]: key 'lr': also a [matrix] axis"),
+        (('mode = "scratch"\nepochs = 4', 'mode = "scratch"\nlr = 0.1'), "[[runs]] 'r18': key 'lr': also a [tune] key"),
+        (
+            ("weight_decay = [0, 1e-4]", "weight_decay = [0, 1e-4]\ntrials = 7"),
+            "key 'trials': 7 trials, but the grid has 6",
+        ),
+        (
+            ("weight_decay = [0, 1e-4]", "weight_decay = [0, 1e-4]\nlrr = [1]"),
+            "[tune]: unknown key 'lrr'; did you mean 'lr'?",
+        ),
+        (
+            ("weight_decay = [0, 1e-4]", "weight_decay = [-1]"),
+            "[tune]: key 'weight_decay': input should be greater than",
+        ),
+        (("weight_decay = [0, 1e-4]", "weight_decay = []"), "[tune]: key 'weight_decay' has no values"),
+        (("weight_decay = [0, 1e-4]", "weight_decay = 0"), "[tune]: key 'weight_decay': input should be a valid list"),
+        (("lr = [3e-4, 1e-3, 3e-3]\nweight_decay = [0, 1e-4]", "trials = 2"), "[tune]: no setting to search"),
+        (("lr = [3e-4, 1e-3, 3e-3]", "lr = [1e-3, 0.001]"), "two trials would both be named 'mlp@16px~lr0.001-"),
+        (
+            (
+                "epochs = 4\n\n[matrix]\nimage_size = [16, 32]\n\n[tune]\n",
+                "\n[tune]\nepochs = [2, 3]\ntrial_epochs = 1\n",
+            ),
+            "key 'trial_epochs': epochs is searched",
+        ),
+    ],
+)
+def test_tune_mistakes_are_named(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    text = TUNED.replace(*change)
+    assert change[0] in TUNED
+    assert message in _error(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ('augment = ["randaugment", "autoaugment"]', 'at most one policy: choose "randaugment" or "autoaugment"'),
+        ('augment = ["hflip", "hflip"]', "each augmentation at most once"),
+        ("crop_scale = [0.5, 0.2]", "expected [smallest, largest] with 0 < smallest <= largest <= 1"),
+        ("crop_scale = [0.5]", "key 'crop_scale': list should have at least 2 items"),
+        ("label_smoothing = 1.0", "key 'label_smoothing': input should be less than 1"),
+        ("mixup = -0.1", "key 'mixup': input should be greater than or equal to 0"),
+        ("ema = 1", "key 'ema': input should be less than 1"),
+    ],
+)
+def test_recipe_settings_are_checked(tmp_path: Path, setting: str, message: str) -> None:
+    assert message in _error(_write(tmp_path, MINIMAL + f"\n[defaults]\n{setting}\n"))
+
+
+def test_recipes_are_matrix_and_tune_axes(tmp_path: Path) -> None:
+    text = TUNED.replace("image_size = [16, 32]", 'augment = [[], ["hflip", "crop"], ["trivialaugment"]]')
+    text = text.replace("weight_decay = [0, 1e-4]", "label_smoothing = [0, 0.1]\nmixup = [0, 0.2]")
+    config = load_config(_write(tmp_path, text))
+    assert [c.id for c in config.cells][:3] == ["mlp@no-augment", "mlp@hflip+crop", "mlp@trivialaugment"]
+    assert {(t.settings.label_smoothing, t.settings.mixup) for t in config.trials["mlp@hflip+crop"]} == {
+        (0.0, 0.0), (0.0, 0.2), (0.1, 0.0), (0.1, 0.2)
+    }  # fmt: skip

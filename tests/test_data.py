@@ -268,3 +268,86 @@ def test_a_class_folder_that_cannot_be_used_says_why(tmp_path, image_folder, mon
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != "locked" and real_access(path, mode))
     with pytest.raises(DataError, match=r"class folder .*locked cannot be read \(permission denied\)"):
         scan_folder(image_folder)
+
+
+# --- the validation split ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_validation_split_is_grouped_stratified_disjoint_and_stable(tmp_path, seed):
+    folder = make_augmented_folder(tmp_path / "aug", classes=3, pictures=8, singles=4)
+    data = DataTable(path=str(folder), split_seed=seed, val_fraction=0.25)
+    manifest = make_manifest(data, tmp_path / "out")
+    splits = manifest.splits
+    assert {*splits} == {"train", "val", "test"}
+    assert not (manifest.is_val & manifest.is_test).any()  # disjoint from the test split
+    assert sorted([*manifest.train_indices, *manifest.val_indices, *manifest.test_indices]) == list(range(84))
+    # Grouped: no picture has copies in two splits (train/val, val/test or train/test).
+    side: dict[str, set[str]] = {}
+    for path, split in zip(manifest.paths, splits, strict=True):
+        side.setdefault(picture_of(path), set()).add(split)
+    assert all(len(sides) == 1 for sides in side.values())
+    assert cross_split(splits, manifest.groups) == []
+    # Stratified: each class gives a quarter of its training images, as near as whole groups (3 copies) allow.
+    for label in range(3):
+        trained = int(((splits != "test") & (manifest.labels == label)).sum())
+        held = int((manifest.is_val & (manifest.labels == label)).sum())
+        assert held >= 1 and abs(held - round(0.25 * trained)) <= 1, (label, held, trained)
+    # The test split is the one the same folder gets without validation.
+    plain = make_manifest(DataTable(path=str(folder), split_seed=seed), tmp_path / "plain")
+    assert np.array_equal(plain.is_test, manifest.is_test) and not plain.is_val.any()
+    # Stable: reused as stored, and drawn the same in another output folder.
+    again = make_manifest(data, tmp_path / "out")
+    assert np.array_equal(again.is_val, manifest.is_val)
+    make_manifest(data, tmp_path / "other")
+    assert (tmp_path / "other" / "manifest.csv").read_bytes() == (tmp_path / "out" / "manifest.csv").read_bytes()
+    with open(tmp_path / "out" / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["split"] for r in rows] == splits.tolist()
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["val_fraction"] == 0.25
+    with pytest.raises(DataError, match=r"val_fraction=0.25.*val_fraction=0.1"):
+        make_manifest(DataTable(path=str(folder), split_seed=seed, val_fraction=0.1), tmp_path / "out")
+
+
+def test_random_validation_split_is_exactly_stratified(tmp_path):
+    folder = make_image_folder(tmp_path / "images", classes=3, per_class=20)
+    manifest = make_manifest(DataTable(path=str(folder), split="random", val_fraction=0.2), tmp_path / "out")
+    for label in range(3):
+        assert int((manifest.is_test & (manifest.labels == label)).sum()) == 4
+        assert int((manifest.is_val & (manifest.labels == label)).sum()) == round(0.2 * 16)
+
+
+def test_a_folder_from_before_the_validation_split_reads_as_without_one(tmp_path, image_folder):
+    data = DataTable(path=str(image_folder), test_fraction=0.25)
+    first = make_manifest(data, tmp_path / "out")
+    meta_path = tmp_path / "out" / "manifest.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "val_fraction"}))
+    again = make_manifest(data, tmp_path / "out")
+    assert not again.is_val.any() and np.array_equal(again.train_indices, first.train_indices)
+    assert set(first.splits) == {"train", "test"}
+
+
+def test_validation_needs_three_images_per_class_and_a_class_of_several_pictures(tmp_path):
+    folder = make_image_folder(tmp_path / "small", classes=2, per_class=2)
+    with pytest.raises(DataError, match=r"at least 3 usable images \(one for each split\)"):
+        make_manifest(DataTable(path=str(folder), val_fraction=0.2), tmp_path / "a")
+    # Class a: one picture held out for testing, the others all copies of one other picture.
+    picture = Image.effect_noise((40, 40), 60).convert("RGB")
+    for name in ("a", "b"):
+        (tmp_path / "d" / name).mkdir(parents=True)
+    for i in range(6):
+        Image.effect_noise((40, 40), 60).convert("RGB").save(tmp_path / "d" / "b" / f"{i}.png")
+    Image.effect_noise((40, 40), 60).convert("RGB").save(tmp_path / "d" / "a" / "single.png")
+    for i in range(4):
+        picture.save(tmp_path / "d" / "a" / f"{i}.png")
+    with pytest.raises(DataError, match="every training image of class 'a' is a copy of one picture"):
+        make_manifest(DataTable(path=str(tmp_path / "d"), val_fraction=0.2), tmp_path / "b")
+
+
+def test_a_test_image_is_leaked_only_by_a_copy_in_the_images_trained_on():
+    is_test = np.array([True, False, True, False])
+    groups = [[0, 1], [2, 3]]
+    trained = np.array([False, True, False, False])  # image 3 is in the validation split
+    assert leaked_test(is_test, groups, trained).tolist() == [True, False, False, False]
+    assert cross_split(np.array(["test", "train", "test", "val"]), groups) == [[0, 1], [2, 3]]

@@ -166,3 +166,60 @@ mode = "scratch"
         assert two["status"] == "completed" and two["environment"]["processes"] == 1  # each cell trained alone
         assert two["metrics"] == one["metrics"], run  # the same figures as one process running every cell
     assert not list((tmp_path / "two" / ".ranks").iterdir())
+
+
+TUNED = """
+[defaults]
+epochs = 2
+batch_size = 6
+image_size = 8
+precision = "no"
+
+[[runs]]
+name = "mlp"
+model = "pieceboard_mlp"
+mode = "scratch"
+
+[[runs]]
+name = "mlp-wide"
+model = "pieceboard_mlp"
+mode = "scratch"
+batch_size = 12
+
+[tune]
+lr = [1e-3, 1e-2]
+trial_epochs = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def tuned_single(tmp_path_factory):
+    """A tuned benchmark and its output from one process, shared by the launches compared with it."""
+    root = tmp_path_factory.mktemp("tuned")
+    folder = make_image_folder(root / "images", classes=3, per_class=12)
+    bench = write_benchmark(root / "b.toml", folder, TUNED)
+    bench.write_text(bench.read_text().replace("test_fraction = 0.25", "test_fraction = 0.25\nval_fraction = 0.25"))
+    single = run_command([sys.executable, "-m", "pieceboard.bench", str(bench), "--output", "one"], cwd=root)
+    assert single.returncode == 0, single.stderr[-3000:]
+    return bench, root / "one"
+
+
+@pytest.mark.parametrize("parallel", ["data", "cells"])
+def test_tuning_under_several_processes(tmp_path, tuned_single, parallel):
+    bench, single = tuned_single
+    args = ["--set", f'benchmark.parallel="{parallel}"']
+    proc = _torchrun(2, "-m", "pieceboard.bench", str(bench), "--output", str(tmp_path / "two"), *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.name for p in (tmp_path / "two" / "runs").iterdir())
+    assert runs == ["mlp", "mlp-wide", "mlp-wide~lr0.001", "mlp-wide~lr0.01", "mlp~lr0.001", "mlp~lr0.01"]
+    for run in ("mlp", "mlp-wide"):
+        one = json.loads((single / "runs" / run / "result.json").read_text())
+        two = json.loads((tmp_path / "two" / "runs" / run / "result.json").read_text())
+        assert two["status"] == "completed" and [t["status"] for t in two["tuning"]["trials"]] == ["completed"] * 2
+        assert two["tuning"]["budget"] == {"trials": 2, "epochs": 2} and two["n_test"] == one["n_test"] == 9
+        assert two["environment"]["processes"] == (2 if parallel == "data" else 1)
+        if parallel == "cells":  # each process tunes and trains its own cells alone: the figures of one process
+            assert two["tuning"] == one["tuning"] | {"trials": two["tuning"]["trials"]}
+            assert two["metrics"] == one["metrics"]
+    board = json.loads((tmp_path / "two" / "leaderboard.json").read_text())
+    assert sorted(row["id"] for row in board) == ["mlp", "mlp-wide"]

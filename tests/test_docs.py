@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pieceboard.cli import build_parser
-from pieceboard.config import BenchmarkTable, DataTable, RunTable, TrainSettings
+from pieceboard.config import BenchmarkTable, DataTable, RunTable, TrainSettings, TuneTable
 from pieceboard.results import RunResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +42,9 @@ def test_site_builds_strict(tmp_path: Path) -> None:
         assert f'id="{anchor}"' in api, anchor
 
 
-@pytest.mark.parametrize("table", [BenchmarkTable, DataTable, TrainSettings, RunTable], ids=lambda t: t.__name__)
+@pytest.mark.parametrize(
+    "table", [BenchmarkTable, DataTable, TrainSettings, RunTable, TuneTable], ids=lambda t: t.__name__
+)
 def test_benchmark_file_page_names_every_key(table) -> None:
     assert _missing(list(table.model_fields), _page("benchmark-file.md")) == []
 

@@ -331,6 +331,32 @@ def test_guardrails_name_what_differs_from_most_rows(tmp_path):
     assert rows["d"]["p_vs_best"] is not None  # same test images, so still tested; the guardrail says why to doubt it
 
 
+def test_tuned_rows_show_their_choice_and_are_judged_on_the_budget(tmp_path):
+    def tuning(chosen, trials=3, epochs=6):
+        return {"budget": {"trials": trials, "epochs": epochs}, "chosen": chosen, "trial": "x", "trials": []}
+
+    val = [
+        {"epoch": 1, "val_accuracy": 0.4, "val_f1_macro": 0.3, "val_loss": 1.2, "train_loss": 1.0, "train_s": 1.0},
+        {"epoch": 2, "val_accuracy": 0.8, "val_f1_macro": 0.7, "val_loss": 0.6, "train_loss": 0.5, "train_s": 2.0},
+    ]
+    scores = {"accuracy": 0.8, "f1_macro": 0.7, "val_loss": 0.6}
+    for run_id in ("a", "b"):
+        write_run(tmp_path, run_id, *graded(30, 20), history=val, val_metrics=scores, tuning=tuning({"lr": 0.01}))
+    # c's trials chose another augmentation: that is not a difference in conditions, every row had the same choice.
+    c = tuning({"lr": 0.1, "augment": ["hflip"]})
+    write_run(tmp_path, "c", *graded(30, 20), config={"augment": ["hflip"]}, history=val, tuning=c)
+    write_run(tmp_path, "d", *graded(30, 20), history=val, tuning=tuning({"lr": 0.01}, trials=2, epochs=4))
+    rows = _board(tmp_path)
+    assert [rows[k]["guardrail"] for k in "abc"] == [None] * 3
+    assert rows["d"]["guardrail"] == "tuning budget trials 2, epochs 4 (most rows: trials 3, epochs 6)"
+    assert rows["a"]["tuned"] == {"lr": 0.01} and rows["a"]["val_f1_macro"] == 0.7
+    assert rows["c"]["val_f1_macro"] is None  # no val_metrics stored: shown as -
+    # Time to accuracy comes from the validation curve: 95 % of its best (0.8) first reached in epoch 2, after 3 s.
+    assert (rows["a"]["time_to_acc_s"], rows["a"]["epochs_to_acc"]) == (3.0, 2)
+    table = Leaderboard.from_dir(tmp_path).to_markdown()
+    assert "| tuned |" in table and "lr=0.1 augment=hflip" in table and "| val F1 |" in table
+
+
 def _seed_runs(out, name, f1_by_seed, config=None):
     for seed, n_right in f1_by_seed.items():
         write_run(

@@ -113,3 +113,117 @@ def test_evaluate_scores_each_test_image_once_and_checks_it():
     assert len(predictions) == len(losses) == 10
     with pytest.raises(RuntimeError, match="evaluation scored 10 images"):
         evaluate(model, loader, accelerator, data.mean_std, np.arange(11), False)
+
+
+# --- today's figures, recipes, the validation split ----------------------------------------------------------------
+
+
+@pytest.fixture
+def one_thread():
+    # Figures depend on the thread count (the order of float sums); the stored ones were made with one thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# Measured with the code before recipes and the validation split existed (main at 1a6e98a): one thread, fp32,
+# `_cell(augment=..., channels_last=False)` on `_data()`.
+TODAY = {
+    ("resnet18", ()): ([0.6141515115896861, 0.13678516149520875], 0.7662449896335601),
+    ("pieceboard_mlp", ()): ([1.0512694319089253, 0.8357179482777913], 0.743697988986969),
+    ("resnet18", ("hflip", "crop")): ([0.6215596119562785, 0.1329317515095075], 0.7981504201889038),
+    ("pieceboard_mlp", ("hflip", "crop")): ([1.0528333981831868, 0.8378248532613118], 0.7493880748748779),
+}
+
+
+@pytest.mark.parametrize("model, augment", list(TODAY), ids=[f"{m}-{'+'.join(a) or 'none'}" for m, a in TODAY])
+def test_default_recipe_gives_the_figures_of_before(one_thread, model, augment):
+    settings = _cell(augment=list(augment), channels_last=False).settings
+    outcome = fit(Cell("c", "c", model, "scratch", None, settings), _data(), make_accelerator("no"))
+    losses, test_loss = TODAY[(model, augment)]
+    assert [h["train_loss"] for h in outcome.history] == pytest.approx(losses, rel=1e-9)
+    assert outcome.metrics["test_loss"] == pytest.approx(test_loss, rel=1e-9)
+
+
+RECIPES = {
+    "hflip": {"augment": ["hflip"]},
+    "crop": {"augment": ["crop"]},
+    "randaugment": {"augment": ["randaugment"]},
+    "trivialaugment": {"augment": ["trivialaugment"]},
+    "autoaugment": {"augment": ["autoaugment"]},
+    "mixup": {"mixup": 0.4},
+    "cutmix": {"cutmix": 1.0},
+    "label_smoothing": {"label_smoothing": 0.2},
+    "clip_grad": {"clip_grad": 0.05},
+    "drop_path": {"drop_path": 0.3},
+}
+
+
+def _fit_figures(**settings):
+    outcome = fit(_cell(epochs=2, channels_last=False, **settings), _data(), make_accelerator("no"))
+    return [h["train_loss"] for h in outcome.history], outcome.metrics["test_loss"]
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_each_recipe_setting_changes_training(one_thread, name):
+    losses, _ = TODAY[("resnet18", ())]
+    changed, _ = _fit_figures(**RECIPES[name])
+    assert all(np.isfinite(changed)) and changed != pytest.approx(losses, rel=1e-6), name
+    assert _fit_figures(**RECIPES[name])[0] == changed  # and stays reproducible
+
+
+def test_crop_scale_changes_the_crops(one_thread):
+    default, _ = TODAY[("resnet18", ("hflip", "crop"))]
+    wider, _ = _fit_figures(augment=["hflip", "crop"], crop_scale=[0.08, 1.0])
+    assert wider != pytest.approx(default, rel=1e-6)
+
+
+def test_ema_scores_the_averaged_weights(one_thread):
+    losses, test_loss = TODAY[("resnet18", ())]
+    trained, averaged = _fit_figures(ema=0.9)
+    assert trained == pytest.approx(losses, rel=1e-9)  # the same training...
+    assert averaged != pytest.approx(test_loss, rel=1e-6)  # ...scored with the moving average
+
+
+def _val_data():
+    data = _data(n=48)
+    data.val_indices = data.train_indices[::4]
+    data.train_indices = np.setdiff1d(data.train_indices, data.val_indices)
+    return data
+
+
+@pytest.mark.parametrize("test", [True, False], ids=["cell", "trial"])
+def test_with_validation_the_test_split_is_scored_once(monkeypatch, one_thread, test):
+    import pieceboard.train as train
+
+    data, calls = _val_data(), []
+    real = train.evaluate
+
+    def counting(model, loader, accelerator, mean_std, expected, *args):
+        calls.append("test" if np.array_equal(expected, data.test_indices) else "val")
+        return real(model, loader, accelerator, mean_std, expected, *args)
+
+    monkeypatch.setattr(train, "evaluate", counting)
+    outcome = fit(_cell(epochs=3), data, make_accelerator("no"), test=test)
+    assert calls == ["val", "val", "val"] + (["test"] if test else [])
+    assert [set(h) >= {"val_loss", "val_accuracy", "val_f1_macro"} for h in outcome.history] == [True] * 3
+    assert not any("accuracy" in h or "test_loss" in h for h in outcome.history)  # no test figure per epoch
+    assert outcome.val_metrics["f1_macro"] == outcome.history[-1]["val_f1_macro"] and outcome.n_val == 9
+    if test:
+        assert outcome.n_test == 12 and outcome.positions.tolist() == data.test_indices.tolist()
+        assert set(outcome.metrics) == {"accuracy", "precision_macro", "recall_macro", "f1_macro", "test_loss",
+                                        "train_loss"}  # fmt: skip
+    else:  # a trial: never tested, its predictions are the validation split's
+        assert outcome.n_test == 0 and outcome.metrics == {}
+        assert outcome.positions.tolist() == data.val_indices.tolist() and len(outcome.predictions) == 9
+
+
+def test_without_validation_the_test_split_is_scored_every_epoch(monkeypatch, one_thread):
+    import pieceboard.train as train
+
+    calls = []
+    real = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    outcome = fit(_cell(epochs=3), _data(), make_accelerator("no"))
+    assert len(calls) == 3 and outcome.val_metrics == {} and "accuracy" in outcome.history[-1]
