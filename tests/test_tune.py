@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -152,6 +153,10 @@ def test_tuned_benchmark_chooses_on_validation_and_tests_once(tmp_path, image_fo
         assert row["tuned"] == every[row["id"]].tuning["chosen"]
         assert row["val_f1_macro"] == every[row["id"]].val_metrics["f1_macro"]
     assert f"lr={every['mlp'].config['lr']}" in board.to_markdown() and "val F1" in board.to_markdown()
+    # keep_models = "best": only the leader among the final runs keeps its model (a trial never does), and every
+    # completed trial or cell left no checkpoint behind.
+    assert [p.parent.name for p in out.glob("runs/*/model")] == [board.rows[0]["id"]]
+    assert not list(out.glob("runs/*/checkpoint"))
     report = (out / "report.html").read_text()
     assert "mlp~lr0.0003" in report and "Tuned on the validation split: 3 trials, 3 epochs in all" in report
 
@@ -161,6 +166,39 @@ def test_tuned_benchmark_chooses_on_validation_and_tests_once(tmp_path, image_fo
     again = cli("bench", bench, "--output", out, cwd=tmp_path)
     assert again.returncode == 0 and scored == [] and "kept mlp~lr0.0003" in again.stdout and "kept r18" in again.stdout
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/result.json")}
+
+
+def _trial_figures(out, run: str) -> tuple[dict, str]:
+    """A trial's result.json without timings and notes, and its predictions.csv."""
+    result = json.loads((out / "runs" / run / "result.json").read_text())
+    assert result["status"] == "completed", result["error"]
+    result["history"] = [{k: v for k, v in e.items() if k not in ("train_s", "elapsed_s")} for e in result["history"]]
+    timing = {"train_s", "train_img_s", "eval_img_s", "cache_s", "data_wait_s", "latency_ms", "peak_mem_mb", "notes"}
+    return {k: v for k, v in result.items() if k not in timing}, (out / "runs" / run / "predictions.csv").read_text()
+
+
+def test_a_trial_resumes_from_its_checkpoint_like_a_cell(tmp_path, image_folder, cli):
+    # Recipes with state of their own (the moving average, the policy's random stream, mixup's draws): a resumed
+    # trial must carry them to end with an uninterrupted trial's figures.
+    recipes = 'augment = ["randaugment", "hflip"]\nmixup = 0.4\nema = 0.9\n'
+    body = BODY.replace('[[runs]]\nname = "r18"\nmodel = "resnet18"\nmode = "scratch"\n', "")
+    body = body.replace("trial_epochs = 1", "trial_epochs = 3").replace("log_every = 1\n", f"log_every = 1\n{recipes}")
+    bench = _tuned(tmp_path, image_folder, body)
+    bench.write_text(bench.read_text().replace("jobs = 1\n", "jobs = 1\nkeep_checkpoints = true\n"))
+    assert cli("bench", bench, "--output", "ref", cwd=tmp_path).returncode == 0
+    trial = "mlp~lr0.003"
+    assert json.loads((tmp_path / "ref" / "runs" / trial / "checkpoint" / "state.json").read_text())["epoch"] == 2
+
+    # As a trial killed after its checkpoint of epoch 2 leaves its folder: the checkpoint, no result.
+    shutil.copytree(tmp_path / "ref", tmp_path / "out")
+    for name in ("result.json", "predictions.csv"):
+        (tmp_path / "out" / "runs" / trial / name).unlink()
+    proc = cli("bench", bench, "--output", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed {trial} from epoch 2" in proc.stdout and "kept mlp (completed earlier)" in proc.stdout
+    assert _trial_figures(tmp_path / "out", trial) == _trial_figures(tmp_path / "ref", trial)
+    notes = json.loads((tmp_path / "out" / "runs" / trial / "result.json").read_text())["notes"]
+    assert "resumed from the checkpoint of epoch 2" in notes
 
 
 def test_side_by_side_workers_choose_the_same(tmp_path, image_folder, cli):
