@@ -201,6 +201,32 @@ def test_a_trial_resumes_from_its_checkpoint_like_a_cell(tmp_path, image_folder,
     assert "resumed from the checkpoint of epoch 2" in notes
 
 
+def test_a_kept_trial_whose_predictions_disagree_is_rerun(tmp_path, image_folder, cli):
+    # A trial's predictions.csv is on the validation split: it is checked against its validation figures, and a
+    # trial whose file disagrees is trained again (as a cell is) before its cell is chosen.
+    body = BODY.replace('[[runs]]\nname = "r18"\nmodel = "resnet18"\nmode = "scratch"\n', "")
+    bench = _tuned(tmp_path, image_folder, body)
+    out = tmp_path / "out"
+    assert cli("bench", bench, "--output", out, cwd=tmp_path).returncode == 0
+    trial = "mlp~lr0.003"
+    predictions = out / "runs" / trial / "predictions.csv"
+    good = predictions.read_text()
+    header, first, *rest = good.splitlines(keepends=True)
+    fields = first.rstrip("\n").split(",")  # index, path, label, prediction, confidence
+    fields[3] = next(c for c in ("class_a", "class_b", "class_c") if c != fields[3])
+    predictions.write_text("".join([header, ",".join(fields) + "\n", *rest]))
+    dry = cli("bench", bench, "--output", out, "--dry-run", cwd=tmp_path)
+    rows = {line.split()[1]: line for line in dry.stdout.splitlines() if "mlp" in line}
+    assert "rerun (predictions.csv disagrees" in rows[trial] and "run after its trials" in rows["mlp"], dry.stdout
+    assert "kept" in rows["mlp~lr0.0003"]
+    proc = cli("bench", bench, "--output", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"rerun {trial}: its stored result does not hold up" in proc.stdout
+    assert f"{trial}/predictions.csv: gives" in proc.stdout
+    assert predictions.read_text() == good  # trained again with the same seed: the same predictions
+    assert "kept mlp (completed earlier)" in proc.stdout  # the same choice: the tested cell stands
+
+
 def test_side_by_side_workers_choose_the_same(tmp_path, image_folder, cli):
     bench = _tuned(
         tmp_path, image_folder, BODY.replace('[[runs]]\nname = "r18"\nmodel = "resnet18"\nmode = "scratch"\n', "")
