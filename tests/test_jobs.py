@@ -136,8 +136,11 @@ def test_threads_option_sets_the_cell_threads_and_gives_the_caller_its_own_back(
 FAKE_WORKER = Path(__file__).with_name("_fake_worker.py")
 
 
-def _pool_run(tmp_path: Path, monkeypatch, plan: list[str], cells: int, slots: int = 2) -> list:
-    """Run `cells` cells through a pool of stand-in workers that follow `plan`; returns the pool's events."""
+def _pool_run(
+    tmp_path: Path, monkeypatch, plan: list[str], cells: int, slots: int = 2, tuning: dict | None = None
+) -> list:
+    """Run `cells` cells (tuned cells with `tuning`) through a pool of stand-in workers that follow `plan`; returns
+    the pool's events."""
     from pieceboard import jobs
 
     starts = tmp_path / "starts"
@@ -146,7 +149,7 @@ def _pool_run(tmp_path: Path, monkeypatch, plan: list[str], cells: int, slots: i
     monkeypatch.setenv("FAKE_WORKER_STARTS", str(starts))
     monkeypatch.setattr(jobs, "WORKER_COMMAND", [sys.executable, str(FAKE_WORKER)], raising=False)
     spec = jobs.WorkerSpec(str(tmp_path / "out"), "off", "p", "g", threads=1)
-    tasks = [jobs.CellTask(f"c{i}", {"run": f"c{i}"}, "no", None, "", None, 0.0) for i in range(cells)]
+    tasks = [jobs.CellTask(f"c{i}", {"run": f"c{i}"}, "no", None, "", None, 0.0, tuning=tuning) for i in range(cells)]
     return list(jobs.WorkerPool(spec, [None] * slots).run(tasks))
 
 
@@ -204,6 +207,15 @@ def test_a_stopped_worker_leaves_a_skipped_row_and_a_replacement_runs_the_rest(t
     assert all(status == "completed" for c, (status, _) in rows.items() if c not in skipped)
     for cell in skipped:
         assert json.loads((tmp_path / "out" / "runs" / cell / "result.json").read_text())["status"] == "skipped"
+
+
+def test_the_row_of_a_tuned_cell_whose_worker_stopped_keeps_its_trials_and_choice(tmp_path, monkeypatch):
+    record = {"budget": {"trials": 2, "epochs": 2}, "chosen": {"lr": 0.1}, "trial": "c0~lr0.1", "trials": []}
+    events = _pool_run(tmp_path, monkeypatch, ["stop", "ok"], cells=2, slots=1, tuning=record)
+    skipped = [e.result for e in events if e.kind == "done" and e.result.status == "skipped"]
+    assert [r.id for r in skipped] == ["c0"] and skipped[0].tuning == record
+    assert json.loads((tmp_path / "out" / "runs" / "c0" / "result.json").read_text())["tuning"] == record
+    assert _rows(events)["c1"] == ("completed", None)  # the replacement ran the rest
 
 
 def test_a_result_a_worker_cannot_store_is_one_line_not_tracebacks(tmp_path, image_folder):
