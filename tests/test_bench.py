@@ -14,6 +14,8 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 
 import pieceboard
 from conftest import Background, run_command, write_benchmark
+from pieceboard.bench import BLIND_SPOT
+from pieceboard.dedup import NOT_FOUND
 from pieceboard.leaderboard import Leaderboard
 
 BODY = """
@@ -53,6 +55,8 @@ def test_bench_end_to_end_and_figures_rederive(tmp_path, image_folder, cli):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "mlp@8px" in proc.stdout and "mlp@12px" in proc.stdout
     assert "warning: the test split has 9 images: one image moves accuracy by 11.1 points" in proc.stdout
+    # The leak check found no copies here, and says what it cannot see.
+    assert f"{BLIND_SPOT} {NOT_FOUND}" in " ".join(proc.stdout.split())
     for name in ("manifest.csv", "leaderboard.json", "leaderboard.csv", "leaderboard.md", "report.html"):
         assert (out / name).is_file()
     with open(out / "manifest.csv", newline="") as f:

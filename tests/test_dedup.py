@@ -124,3 +124,47 @@ def test_other_sizes(pictures):
 def test_rejects_malformed_input(pixels, digests, message):
     with pytest.raises(ValueError, match=message):
         find_duplicates(pixels, digests)
+
+
+# Real photographs (scikit-image's bundled ones, tests/_photos.py): every tile gets a copy per family and two
+# look-alikes (an object pasted over its centre, and the same object elsewhere); its neighbouring tiles are distinct
+# pictures of one scene.
+PHOTO_FAMILIES = (
+    "brightness", "contrast", "saturation", "hue", "gamma", "jitter", "blur", "noise", "sharpen",
+    "flip_h+brightness", "rot90+jitter", "crop+blur", "invert+contrast", "jpeg+noise",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from _photos import photo_sources
+
+    built = photo_sources(PHOTO_FAMILIES, tiles=40, seed=3)
+    return built, find_duplicates(built.pixels)
+
+
+def _group_labels(groups: list[list[int]], n: int) -> np.ndarray:
+    labels = np.arange(n) + n
+    for label, members in enumerate(groups):
+        labels[members] = label
+    return labels
+
+
+@pytest.mark.parametrize("family", PHOTO_FAMILIES)
+def test_colour_changes_and_filters_on_real_photographs_are_found(photos, family):
+    built, groups = photos
+    labels = _group_labels(groups, len(built.truth))
+    original = {built.tile[i]: i for i in np.flatnonzero(built.kind == "original")}
+    copies = np.flatnonzero(built.kind == family)
+    found = [labels[i] == labels[original[built.tile[i]]] for i in copies]
+    assert len(copies) == 40 and np.mean(found) >= 0.9, f"{family}: {np.mean(found):.3f}"
+
+
+def test_real_look_alikes_and_neighbouring_tiles_are_never_grouped(photos):
+    built, groups = photos
+    labels = _group_labels(groups, len(built.truth))
+    for group in groups:
+        assert len(set(built.truth[group].tolist())) == 1, [(str(built.kind[i]), int(built.tile[i])) for i in group]
+    # Tiles of one photograph sit side by side in the set: the test would not mean much without them.
+    assert len(set(built.photo[built.kind == "original"].tolist())) < 40
+    assert (built.kind == "lookalike").sum() == 80 and len(np.unique(labels[built.kind == "lookalike"])) == 80

@@ -16,6 +16,7 @@ from PIL import Image
 
 from _results import CLASSES, graded, image_paths, write_run
 from pieceboard.cli import main
+from pieceboard.dedup import NOT_FOUND
 from pieceboard.leaderboard import COLUMNS, Leaderboard
 from pieceboard.report import (
     LeakCheck,
@@ -107,6 +108,8 @@ def test_the_page_opens_with_the_verdict_in_words(study):
     )
     assert "2 run(s) did not complete: damaged (corrupt: " in " ".join(sentences)
     assert sentences[-1].startswith("Leak check: 0 groups of near-duplicate pictures")
+    # A clean verdict never hides what the check cannot see.
+    assert sentences[-1].endswith(f"that the check can see. The check does not find {NOT_FOUND}.")
 
 
 def test_verdict_names_ties_gaps_flags_and_the_leak(tmp_path):
@@ -128,7 +131,7 @@ def test_verdict_names_ties_gaps_flags_and_the_leak(tmp_path):
     assert lines[4] == "Look at these before trusting them: cats (one class (100%))."
     assert lines[5] == (
         "Leak check: 3 groups of near-duplicate pictures straddle the split (random): 3 of 60 test images have a "
-        "copy in train, which inflates accuracy; clean accuracy leaves them out."
+        f"copy in train, which inflates accuracy; clean accuracy leaves them out. The check does not find {NOT_FOUND}."
     )
     assert verdict(Leaderboard.from_dir(tmp_path), None)[-1].startswith(
         "This folder was split before pieceboard looked"

@@ -55,6 +55,7 @@ from pieceboard._io import in_use, lock_folder, make_folder, require_space
 from pieceboard.cache import build_cache, cache_root, channel_stats
 from pieceboard.config import Cell, Config, load_config
 from pieceboard.data import MANIFEST, Manifest, cross_split, make_manifest, resolve_root, scan_folder
+from pieceboard.dedup import NOT_FOUND
 from pieceboard.device import device_type, resolve_precision
 from pieceboard.jobs import CellTask, WorkerPool, WorkerSpec, run_cell, run_data, store
 from pieceboard.leaderboard import Leaderboard, check_predictions
@@ -80,6 +81,7 @@ GPU_PACK = 4  # cells per GPU with jobs = "auto": 4 resnet18 trainings side by s
 RESULT_MARGIN = 1 << 20  # bytes beyond the results: leaderboard, report and the file system's own needs
 RANKS = ".ranks"  # with parallel = "cells", each process marks here that it finished its share
 SHOWN_SKIPPED = 10  # skipped files listed in the output; manifest.json has them all
+BLIND_SPOT = "not found by the leak check:"  # begins the line after the leak check's, then dedup.NOT_FOUND
 
 
 @dataclass
@@ -334,6 +336,8 @@ def _describe(config: Config, manifest: Manifest, state: PartialState, output: P
         )
     elif groups:
         display.note(f"{len(groups)} near-duplicate groups, each kept on one side of the split ({manifest.split})")
+    if manifest.groups is not None:
+        display.note(f"[dim]{BLIND_SPOT} {NOT_FOUND}[/dim]")
     for skipped in manifest.skipped[:SHOWN_SKIPPED]:
         display.note(f"[yellow]skipped[/yellow] {escape(skipped['path'])}: {escape(skipped['reason'])}")
     if len(manifest.skipped) > SHOWN_SKIPPED:

@@ -30,6 +30,7 @@ from pieceboard.data import (
     scan_folder,
     split_images,
 )
+from pieceboard.dedup import NOT_FOUND
 
 SMALL_MAP = 2  # a last feature map of this side or less keeps almost no spatial layout (50 px through resnet18: 2x2)
 LISTED = 10  # groups, files and warnings shown in the table; the JSON has them all
@@ -176,4 +177,5 @@ def _duplicate_lines(report: dict[str, Any]) -> list[str]:
             f"the {split['kind']} split keeps every group on one side (a random split would leak "
             f"{report['random_split_leaked_test_images']} test images)"
         )
+    lines.append(f"[dim]not found by this check: {NOT_FOUND}[/dim]")
     return lines

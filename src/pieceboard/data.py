@@ -33,7 +33,7 @@ MANIFEST = "manifest.csv"
 MANIFEST_META = "manifest.json"
 CSV_DIGEST = "csv_sha256"  # manifest.json's record of manifest.csv's bytes
 SPLITS = ("train", "val", "test")  # the values of manifest.csv's split column
-DEDUP_VERSION = 1  # bump when pieceboard.dedup finds other groups, so that remembered groups are not reused
+DEDUP_VERSION = 2  # bump when pieceboard.dedup finds other groups, so that remembered groups are not reused
 VAL_STREAM = 1  # the validation split is drawn with the seed (split_seed, VAL_STREAM): apart from the test split's
 
 

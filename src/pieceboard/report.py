@@ -32,6 +32,7 @@ from PIL import Image
 
 from pieceboard._image import to_rgb
 from pieceboard._io import atomic_write_bytes, atomic_write_text, lock_folder, storage_errors
+from pieceboard.dedup import NOT_FOUND
 from pieceboard.leaderboard import (
     ACC_FRACTION,
     ALPHA,
@@ -399,15 +400,17 @@ def _not_completed(rows: list[dict[str, Any]]) -> list[str]:
 def _leak_sentence(leak: LeakCheck | None, n_test: int | None) -> str:
     if leak is None:
         return "This folder was split before pieceboard looked for copies of pictures: there is no leak check."
+    blind = f" The check does not find {NOT_FOUND}."
     if not leak.leaked:
         return (
             f"Leak check: {leak.groups} groups of near-duplicate pictures, each on one side of the split "
-            f"({leak.split}): no test image has a copy in train."
+            f"({leak.split}): no test image has a copy in train that the check can see.{blind}"
         )
     of = f" of {n_test}" if n_test else ""
     return (
         f"Leak check: {leak.straddling} groups of near-duplicate pictures straddle the split ({leak.split}): "
         f"{leak.leaked}{of} test images have a copy in train, which inflates accuracy; clean accuracy leaves them out."
+        f"{blind}"
     )
 
 
