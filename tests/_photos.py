@@ -59,7 +59,8 @@ would be an unfair demand), ``cat`` (the same picture as ``chelsea``), ``horse``
 
 TILE = 128
 """Side of a tile in pixels. The photographs are 300-640 pixels a side, so 128 gives most of them neighbours in both
-directions (about 200 tiles in all) while a tile still has twice the pixels of the 64 x 64 that the check sees."""
+directions (177 tiles pass the rules below) while a tile still has twice the side of the 64 x 64 that the check
+sees."""
 
 LONGEST = 640
 """Photographs with a longer side are first scaled down to it, so that the two large ones (retina 1411 px, Hubble
@@ -77,11 +78,11 @@ BLANK_BLOCK = 16
 
 BLANK_SHARE = 0.75
 """Tiles of which more than this share of blocks is blank (grey standard deviation under 2: the black border of
-``retina``, clear sky) are skipped too, whatever their overall spread. Such a tile holds a single edge between two
-flat regions, and the photograph's other such tiles hold the same edge at another corner: the retina's border tiles
-are near mirror images of one another once a blur removes their faint vessels, and the check, which may flip and
-blur, grouped them (measured before this rule, together with their copies). Above three quarters only such tiles
-go; the rocket against its sky (73 % blank) and the cameraman's head (56 %) stay."""
+``retina``, clear sky) are skipped too, whatever their overall spread. Such a tile shows little but one edge between
+two flat regions, and the photograph's other such tiles show the same edge at another corner: near mirror images of
+one another, told apart only by a thin sliver of texture. Above three quarters only such tiles go (six: the retina's
+nearly black corners, the cameraman's sky); the rocket against its sky (73 % blank), the cameraman's head (56 %) and
+the retina's other border tiles, each with vessels of its own, stay as hard look-alikes."""
 
 OBJECT_AREA = (0.08, 0.12)
 """Share of the tile covered by the pasted object of a look-alike."""
@@ -176,8 +177,7 @@ def load_photo(name: str) -> Image.Image:
 
 @functools.cache
 def photo_tiles() -> tuple[tuple[int, Image.Image], ...]:
-    """Every tile neither nearly flat nor mostly blank, as (index into PHOTOS, tile), photograph by photograph in
-    raster order."""
+    """Every tile neither nearly flat nor mostly blank: (index into PHOTOS, tile), photo by photo, in raster order."""
     found = []
     for photo_index, name in enumerate(PHOTOS):
         image = load_photo(name)
@@ -200,7 +200,7 @@ def lookalikes(
     """
     width, height = picture.size
     others = [tile for index, tile in every_tile if index != photo_index]
-    best: tuple[float, Image.Image, Image.Image] | None = None
+    best: tuple[float, Image.Image, tuple[int, int], tuple[int, int]] | None = None
     for _ in range(50):
         side = round(math.sqrt(rng.uniform(*OBJECT_AREA) * width * height))
         source = others[int(rng.integers(len(others)))]
@@ -210,11 +210,12 @@ def lookalikes(
         moved = _away_from(centre, side, picture.size, rng)
         changed = min(_changed_share(picture, patch, centre), _changed_share(picture, patch, moved))
         if best is None or changed > best[0]:
-            best = (changed, _pasted(picture, patch, centre), _pasted(picture, patch, moved))
+            best = (changed, patch, centre, moved)
         if changed >= 0.5:
             break
     assert best is not None
-    return best[1], best[2]
+    _, patch, centre, moved = best
+    return _pasted(picture, patch, centre), _pasted(picture, patch, moved)
 
 
 def _round_robin(every_tile: Sequence[tuple[int, Image.Image]], limit: int | None) -> list[tuple[int, Image.Image]]:

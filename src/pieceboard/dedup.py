@@ -232,11 +232,28 @@ def _verify_pairs(pixels: np.ndarray, grey: np.ndarray, aligned: np.ndarray) -> 
     Returns:
         A boolean per row: True for a copy.
     """
-    difference, plausible = _registered_difference(pixels, grey, aligned)
-    return plausible & (difference <= WINDOW_DIFFERENCE)
+    difference, plausible, coloured = _registered_difference(pixels, grey, aligned)
+    passed = plausible & (difference <= WINDOW_DIFFERENCE)
+    # A pair that passed only with the colour terms of the map may be a look-alike whose recoloured shape they painted
+    # back; from the other side the map would have to paint the shape's new colour out of its old one too. A hue
+    # change looks the same both ways, so such pairs must also pass the other way round.
+    doubt = np.flatnonzero(passed & coloured)
+    if len(doubt):
+        rows = aligned[doubt]
+        reverse = _align_pairs(grey, np.column_stack([rows[:, 1], rows[:, 0], _INVERSE[rows[:, 2]]]))
+        difference, plausible, _ = _registered_difference(pixels, grey, reverse)
+        confirmed = {
+            (int(i), int(j))
+            for (j, i), ok in zip(reverse[:, :2], plausible & (difference <= WINDOW_DIFFERENCE), strict=True)
+            if ok
+        }
+        passed[doubt] = [(int(i), int(j)) in confirmed for i, j in rows[:, :2]]
+    return passed
 
 
-def _registered_difference(pixels: np.ndarray, grey: np.ndarray, aligned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _registered_difference(
+    pixels: np.ndarray, grey: np.ndarray, aligned: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Register image i of each aligned pair onto image j and measure what is left of their difference.
 
     Args:
@@ -247,11 +264,13 @@ def _registered_difference(pixels: np.ndarray, grey: np.ndarray, aligned: np.nda
     Returns:
         Per row, the largest mean over any `WINDOW` x `WINDOW` window of the difference left once image i's colours
         are mapped onto image j's grey (see `_colour_difference`), raised for dull pictures (see `_DULL`), and
-        whether the registration and the colour map are ones a copy could have (see `_plausible`). Pairs that
-        already pass at the fine crop, or differ by more than `_HOPELESS` there, are not registered.
+        whether the registration and the colour map are ones a copy could have (see `_plausible`), and whether the
+        map used its colour terms. Pairs that already pass at the fine crop, or differ by more than `_HOPELESS`
+        there, are not registered.
     """
     difference = np.zeros(len(aligned))
     plausible = np.zeros(len(aligned), bool)
+    coloured = np.zeros(len(aligned), bool)
     size = grey.shape[1]
     # Blurred a little, the bilinear samples alias less. A template is the other image blurred and shrunk to a grid
     # (the identity warp's samples, as one matrix per side). Stage 3 works in float64: numpy's batched small matrix
@@ -266,29 +285,33 @@ def _registered_difference(pixels: np.ndarray, grey: np.ndarray, aligned: np.nda
         source = np.einsum("c,pcij->pij", _LUMA.astype(np.float64), colour)
         template = _orient_pixels(shrink @ grey[j].astype(np.float64) @ shrink.T, turn)
         warp = _crop_warp(crop, size)
-        difference[part], plausible[part] = _compare(colour, template, warp)
+        difference[part], plausible[part], coloured[part] = _compare(colour, template, warp)
         # Registration only for pairs not already verified, and not hopelessly different.
         redo = np.flatnonzero((difference[part] > WINDOW_DIFFERENCE) & (difference[part] <= _HOPELESS))
         if not len(redo):
             continue
         warp = _register(source[redo], template[redo], warp[redo])
-        difference[part[redo]], plausible[part[redo]] = _compare(colour[redo], template[redo], warp)
-    return difference, plausible
+        difference[part[redo]], plausible[part[redo]], coloured[part[redo]] = _compare(
+            colour[redo], template[redo], warp
+        )
+    return difference, plausible, coloured
 
 
-def _compare(colour: np.ndarray, template: np.ndarray, warp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _compare(colour: np.ndarray, template: np.ndarray, warp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # The source's colour channels sampled on the template's grid, mapped onto the template's grey, then compared
     # window by window.
     count, size = len(colour), colour.shape[-1]
     sampled, valid = _sample(colour.reshape(count * 3, size, size), np.repeat(warp, 3, axis=0), THUMB)
     sampled, valid = sampled.reshape(count, 3, THUMB, THUMB), valid[::3]
-    difference, monotone = _colour_difference(sampled, template, valid)
+    difference, monotone, coloured = _colour_difference(sampled, template, valid)
     discounted = np.where(valid, difference, 0.0)
     score = _largest_window_mean(discounted, valid, WINDOW) * _dullness(template, valid)
-    return score, _plausible(warp, valid, size) & monotone
+    return score, _plausible(warp, valid, size) & monotone, coloured
 
 
-def _colour_difference(colour: np.ndarray, template: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _colour_difference(
+    colour: np.ndarray, template: np.ndarray, valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What is left of the template's grey once the source's colours are mapped onto it, edges discounted.
 
     The map covers the photometric changes a copy may have gone through: brightness and contrast are a gain and an
@@ -305,8 +328,9 @@ def _colour_difference(colour: np.ndarray, template: np.ndarray, valid: np.ndarr
         valid: Which samples lie inside the source, shape (P, n, n).
 
     Returns:
-        The edge-discounted difference (see `_edge_discounted`), shape (P, n, n), and whether each map is one a copy
-        could have: increasing, with a slope in `_GAIN_RANGE` at the mean grey.
+        The edge-discounted difference (see `_edge_discounted`), shape (P, n, n), whether each map is one a copy
+        could have (increasing, with a slope in `_GAIN_RANGE` at the mean grey), and whether it uses the colour
+        terms.
     """
     count = len(colour)
     channels = colour.reshape(count, 3, -1)
@@ -337,7 +361,7 @@ def _colour_difference(colour: np.ndarray, template: np.ndarray, valid: np.ndarr
     mean_level = (level * fit).sum(axis=1) / used
     slope = (coefficients[:, 1] + 2 * coefficients[:, 2] * mean_level) / 255.0
     fitted = (fit.sum(axis=1) >= _LEAST_FITTED * n_valid) & (slope >= _GAIN_RANGE[0]) & (slope <= _GAIN_RANGE[1])
-    return _edge_discounted(mapped_image, template), fitted
+    return _edge_discounted(mapped_image, template), fitted, spread
 
 
 def _fit_map(features: np.ndarray, target: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
