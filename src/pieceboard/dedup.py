@@ -115,6 +115,7 @@ _REGISTER_STEPS = 5
 # Window difference at the fine crop beyond which registration is not tried. Measured before registration, copies
 # that verified after it reached 32 (planted) and 71 (digits, a slightly rotated one); distinct pairs median 70.
 _HOPELESS = 80.0
+_RETRY_DIFFERENCE = 15.0  # pairs that failed by up to this (or whose map was implausible) are tried the other way
 _MIN_OVERLAP = 0.6  # of the template's pixels inside the source after registration
 _SCALE_RANGE = (0.6, 1.5)  # source pixels per template side, over the source's side: a 20 % crop gives 0.8
 _DAMPING = 1e-3  # Levenberg damping of registration steps, relative to the mean curvature
@@ -238,17 +239,34 @@ def _verify_pairs(pixels: np.ndarray, grey: np.ndarray, aligned: np.ndarray) -> 
     # back; from the other side the map would have to paint the shape's new colour out of its old one too. A hue
     # change looks the same both ways, so such pairs must also pass the other way round.
     doubt = np.flatnonzero(passed & coloured)
-    if len(doubt):
-        rows = aligned[doubt]
-        reverse = _align_pairs(grey, np.column_stack([rows[:, 1], rows[:, 0], _INVERSE[rows[:, 2]]]))
-        difference, plausible, _ = _registered_difference(pixels, grey, reverse)
-        confirmed = {
-            (int(i), int(j))
-            for (j, i), ok in zip(reverse[:, :2], plausible & (difference <= WINDOW_DIFFERENCE), strict=True)
-            if ok
-        }
-        passed[doubt] = [(int(i), int(j)) in confirmed for i, j in rows[:, :2]]
+    passed[doubt] = _passes_reversed(pixels, grey, aligned[doubt], colour_terms=True)
+    # A pair that failed narrowly may pass the other way round: mapping the duller of two copies onto the other
+    # amplifies its noise and quantisation (a colour jitter that took contrast away). Without the colour terms, which
+    # the first way did not confirm.
+    retry = np.flatnonzero(~plausible | (difference > WINDOW_DIFFERENCE) & (difference <= _RETRY_DIFFERENCE))
+    passed[retry] = _passes_reversed(pixels, grey, aligned[retry], colour_terms=False)
     return passed
+
+
+def _passes_reversed(pixels: np.ndarray, grey: np.ndarray, rows: np.ndarray, colour_terms: bool) -> np.ndarray:
+    """Whether aligned pairs pass stage 3 the other way round: image j registered onto image i.
+
+    Args:
+        pixels: The uint8 RGB images, shape (N, S, S, 3).
+        grey: Float grey images, shape (N, S, S).
+        rows: Rows (i, j, orientation, fine crop) from `_align_pairs`.
+        colour_terms: Whether a pass that needs the colour terms of the map counts.
+
+    Returns:
+        A boolean per row; False where stage 2 finds no fine crop of image j that matches image i.
+    """
+    if not len(rows):
+        return np.zeros(0, bool)
+    reverse = _align_pairs(grey, np.column_stack([rows[:, 1], rows[:, 0], _INVERSE[rows[:, 2]]]))
+    difference, plausible, coloured = _registered_difference(pixels, grey, reverse)
+    ok = plausible & (difference <= WINDOW_DIFFERENCE) & (colour_terms | ~coloured)
+    confirmed = {(int(i), int(j)) for (j, i), passed in zip(reverse[:, :2], ok, strict=True) if passed}
+    return np.array([(int(i), int(j)) in confirmed for i, j in rows[:, :2]], bool)
 
 
 def _registered_difference(
@@ -277,41 +295,49 @@ def _registered_difference(
     # products are several times faster in it than in float32 here.
     shrink = _shrink_matrix(size, THUMB)
     sigma = _ANTIALIAS_SIGMA * size / THUMB
-    for part in _chunks(np.arange(len(aligned)), 512):
+    # In order of the source image, so that a chunk prepares each of its sources once for all its pairs.
+    for part in _chunks(np.argsort(aligned[:, 0], kind="stable"), 1024):
         i, j, turn, crop = aligned[part].T
-        # The source's colour channels, softened one by one; its grey is their ITU-R 601 sum.
-        colour = pixels[i].astype(np.float64).transpose(0, 3, 1, 2).reshape(-1, size, size)
-        colour = _soften(colour, sigma).reshape(len(part), 3, size, size)
+        images, which = np.unique(i, return_inverse=True)
+        # The sources' colour channels, softened one by one; their grey is the channels' ITU-R 601 sum.
+        colour = pixels[images].astype(np.float64).transpose(0, 3, 1, 2).reshape(-1, size, size)
+        colour = _soften(colour, sigma).reshape(len(images), 3, size, size)
         source = np.einsum("c,pcij->pij", _LUMA.astype(np.float64), colour)
         template = _orient_pixels(shrink @ grey[j].astype(np.float64) @ shrink.T, turn)
         warp = _crop_warp(crop, size)
-        difference[part], plausible[part], coloured[part] = _compare(colour, template, warp)
+        difference[part], plausible[part], coloured[part] = _compare(colour, which, template, warp)
         # Registration only for pairs not already verified, and not hopelessly different.
         redo = np.flatnonzero((difference[part] > WINDOW_DIFFERENCE) & (difference[part] <= _HOPELESS))
         if not len(redo):
             continue
-        warp = _register(source[redo], template[redo], warp[redo])
+        warp = _register(source, which[redo], template[redo], warp[redo])
         difference[part[redo]], plausible[part[redo]], coloured[part[redo]] = _compare(
-            colour[redo], template[redo], warp
+            colour, which[redo], template[redo], warp
         )
     return difference, plausible, coloured
 
 
-def _compare(colour: np.ndarray, template: np.ndarray, warp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # The source's colour channels sampled on the template's grid, mapped onto the template's grey, then compared
-    # window by window.
-    count, size = len(colour), colour.shape[-1]
-    sampled, valid = _sample(colour.reshape(count * 3, size, size), np.repeat(warp, 3, axis=0), THUMB)
-    sampled, valid = sampled.reshape(count, 3, THUMB, THUMB), valid[::3]
-    difference, monotone, coloured = _colour_difference(sampled, template, valid)
-    discounted = np.where(valid, difference, 0.0)
-    score = _largest_window_mean(discounted, valid, WINDOW) * _dullness(template, valid)
+def _compare(
+    colour: np.ndarray, which: np.ndarray, template: np.ndarray, warp: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # The colour channels of each pair's source (colour[which]) sampled on the template's grid, mapped onto the
+    # template's grey, then compared window by window.
+    size = colour.shape[-1]
+    sampled, valid = _sample(colour, which, warp, THUMB)
+    with_colour, plain, monotone, spread = _colour_difference(sampled, template, valid)
+    dullness = _dullness(template, valid)
+    score = _largest_window_mean(np.where(valid, plain, 0.0), valid, WINDOW) * dullness
+    # The colour terms count only where the map without them does not pass already.
+    coloured = spread & (score > WINDOW_DIFFERENCE)
+    inside = valid[coloured]
+    score[coloured] = _largest_window_mean(np.where(inside, with_colour[coloured], 0.0), inside, WINDOW)
+    score[coloured] *= dullness[coloured]
     return score, _plausible(warp, valid, size) & monotone, coloured
 
 
 def _colour_difference(
     colour: np.ndarray, template: np.ndarray, valid: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What is left of the template's grey once the source's colours are mapped onto it, edges discounted.
 
     The map covers the photometric changes a copy may have gone through: brightness and contrast are a gain and an
@@ -328,9 +354,9 @@ def _colour_difference(
         valid: Which samples lie inside the source, shape (P, n, n).
 
     Returns:
-        The edge-discounted difference (see `_edge_discounted`), shape (P, n, n), whether each map is one a copy
-        could have (increasing, with a slope in `_GAIN_RANGE` at the mean grey), and whether it uses the colour
-        terms.
+        The edge-discounted difference (see `_edge_discounted`) with the colour terms and without them, each of
+        shape (P, n, n); whether each map is one a copy could have (rising, with a slope in `_GAIN_RANGE` at its
+        lowest and highest fitted greys); and whether the colour terms may be used.
     """
     count = len(colour)
     channels = colour.reshape(count, 3, -1)
@@ -340,28 +366,30 @@ def _colour_difference(
     flat = template.reshape(count, -1)
     n_valid = valid.reshape(count, -1).sum(axis=1)
     fit = valid.reshape(count, -1) & (flat > _CLIPPED) & (flat < 255.0 - _CLIPPED)
-    for _ in range(3):
-        coefficients, mapped = _fit_map(features, flat, fit)
-        gain, offset = coefficients[:, 1, None, None] / 255.0, coefficients[:, 0, None, None]
-        sent = gain * channels + offset  # each source channel under the map's gain and offset
-        mapped_high, mapped_low = (sent >= 255.0 - _CLIPPED).any(axis=1), (sent <= _CLIPPED).any(axis=1)
-        # Refitted without what clipping explains, unless too little would be left to fit.
-        narrower = fit & ~mapped_high & ~mapped_low
+    for _ in range(2):
+        # Clipping is judged by a gain and an offset alone: a curve fitted to a narrow range of greys may bend far
+        # off outside it.
+        line, _ = _fit_map(features[..., :2], flat, fit)
+        sent = line[:, 0, None, None] + line[:, 1, None, None] * (channels / 255.0)  # each source channel, mapped
+        # Refitted without the pixels the copy clipped, unless too little would be left to fit.
+        narrower = fit & ~(sent >= 255.0 - _CLIPPED).any(axis=1) & ~(sent <= _CLIPPED).any(axis=1)
         keep = narrower.sum(axis=1) >= _LEAST_NARROWED * n_valid
         fit = np.where(keep[:, None], narrower, fit)
+    coefficients, mapped = _fit_map(features, flat, fit)
     # Colour terms that matter on a small part of the picture only are not a change of hue: they would paint one
     # recoloured object back to the grey it had. Then the map is fitted without them.
     colour_shift = np.abs(coefficients[:, 3, None] * red_green + coefficients[:, 4, None] * blue_green)
     spread = ((colour_shift > _CHROMA_VISIBLE) & fit).sum(axis=1) >= _CHROMA_SPREAD * np.maximum(fit.sum(axis=1), 1)
     plain, plain_mapped = _fit_map(features[..., :3], flat, fit)
     coefficients = np.where(spread[:, None], coefficients, np.pad(plain, ((0, 0), (0, 2))))
-    mapped = np.where(spread[:, None], mapped, plain_mapped)
-    mapped_image = np.clip(mapped, 0.0, 255.0).reshape(template.shape)
-    used = np.maximum(fit.sum(axis=1), 1.0)
-    mean_level = (level * fit).sum(axis=1) / used
-    slope = (coefficients[:, 1] + 2 * coefficients[:, 2] * mean_level) / 255.0
-    fitted = (fit.sum(axis=1) >= _LEAST_FITTED * n_valid) & (slope >= _GAIN_RANGE[0]) & (slope <= _GAIN_RANGE[1])
-    return _edge_discounted(mapped_image, template), fitted, spread
+    # A copy's curve rises over the whole range of its greys, with a slope a contrast change can give.
+    lowest = np.where(fit, level, np.inf).min(axis=1, initial=np.inf)
+    highest = np.where(fit, level, -np.inf).max(axis=1, initial=-np.inf)
+    slopes = (coefficients[:, 1, None] + 2 * coefficients[:, 2, None] * np.stack([lowest, highest], axis=1)) / 255.0
+    rises = ((slopes >= _GAIN_RANGE[0]) & (slopes <= _GAIN_RANGE[1])).all(axis=1)
+    fitted = (fit.sum(axis=1) >= _LEAST_FITTED * n_valid) & rises
+    with_colour, without = (np.clip(m, 0.0, 255.0).reshape(template.shape) for m in (mapped, plain_mapped))
+    return _edge_discounted(with_colour, template), _edge_discounted(without, template), fitted, spread
 
 
 def _fit_map(features: np.ndarray, target: np.ndarray, use: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -422,7 +450,7 @@ def _crop_warp(crop: np.ndarray, size: int) -> np.ndarray:
     return warp
 
 
-def _register(source: np.ndarray, template: np.ndarray, warp: np.ndarray) -> np.ndarray:
+def _register(source: np.ndarray, which: np.ndarray, template: np.ndarray, warp: np.ndarray) -> np.ndarray:
     # Gauss-Newton on the six affine parameters, minimising the squared difference over pixels that land inside the
     # source, on the template's grid. The sampled image's gradient, taken on that grid, is mapped back through the
     # warp. Both are smoothed by a pixel of the grid: the error surface is then wide enough to converge from the fine
@@ -434,7 +462,7 @@ def _register(source: np.ndarray, template: np.ndarray, warp: np.ndarray) -> np.
     unclipped = (template > _CLIPPED) & (template < 255.0 - _CLIPPED)
     template = smooth @ template @ smooth.T
     for _ in range(_REGISTER_STEPS):
-        sampled, valid = _sample(source, warp, n)
+        sampled, valid = _sample(source, which, warp, n)
         sampled = smooth @ sampled @ smooth.T
         # A copy may be brighter or have more contrast: each step first fits the gain and offset that map the sample
         # onto the template, then moves the warp under them.
@@ -469,20 +497,33 @@ def _gain_offset(sampled: np.ndarray, template: np.ndarray, use: np.ndarray) -> 
     return gain, mean_y - gain * mean_x
 
 
-def _sample(source: np.ndarray, warp: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    # Bilinear samples of each source at its warped n x n grid, and whether each sample lies inside the source.
-    count, size = len(source), source.shape[1]
+def _sample(source: np.ndarray, which: np.ndarray, warp: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear samples of each pair's source at its warped n x n grid.
+
+    Args:
+        source: Images, shape (U, size, size), or (U, channels, size, size) to sample every channel at once.
+        which: The source of each pair, indices into ``source``, shape (P,).
+        warp: Affine maps from template coordinates to source pixels, shape (P, 2, 3).
+        n: Side of the grid.
+
+    Returns:
+        The samples, shape (P, n, n) or (P, channels, n, n), and whether each lies inside the source, (P, n, n).
+    """
+    size = source.shape[-1]
+    channels = source.reshape(len(source), -1, size * size)
     points = _grid(n) @ warp.transpose(0, 2, 1)  # (P, pixels, 2) source (row, column)
     valid = ((points >= 0) & (points <= size - 1)).all(axis=2)
     points = np.clip(points, 0, size - 1.001)
     corner = np.floor(points)
-    row, column = points[..., 0] - corner[..., 0], points[..., 1] - corner[..., 1]
-    index = (corner[..., 0] * size + corner[..., 1]).astype(np.int64) + (np.arange(count) * size * size)[:, None]
-    flat = source.reshape(-1)
+    row, column = (points[..., 0] - corner[..., 0])[:, None], (points[..., 1] - corner[..., 1])[:, None]
+    pixel = (corner[..., 0] * size + corner[..., 1]).astype(np.int64)  # (P, pixels)
+    start = (which[:, None] * channels.shape[1] + np.arange(channels.shape[1])) * size * size  # (P, channels)
+    index = start[:, :, None] + pixel[:, None, :]
+    flat = channels.reshape(-1)
     top = flat[index] + column * (flat[index + 1] - flat[index])
     bottom = flat[index + size] + column * (flat[index + size + 1] - flat[index + size])
-    sampled = top + row * (bottom - top)
-    return sampled.reshape(count, n, n), valid.reshape(count, n, n)
+    sampled = (top + row * (bottom - top)).reshape(len(warp), *source.shape[1:-2], n, n)
+    return sampled, valid.reshape(len(warp), n, n)
 
 
 def _soften(images: np.ndarray, sigma: float) -> np.ndarray:
