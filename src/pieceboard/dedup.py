@@ -122,7 +122,7 @@ _REGISTER_STEPS = 5
 # Window difference at the fine crop beyond which registration is not tried. Measured before registration, copies
 # that verified after it reached 32 (planted) and 71 (digits, a slightly rotated one); distinct pairs median 70.
 _HOPELESS = 80.0
-_RETRY_DIFFERENCE = 15.0  # pairs that failed by up to this (or whose map was implausible) are tried the other way
+_RETRY_DIFFERENCE = 15.0  # pairs that failed with up to this (or an implausible map) are tried the other way
 _MIN_OVERLAP = 0.6  # of the template's pixels inside the source after registration
 _SCALE_RANGE = (0.6, 1.5)  # source pixels per template side, over the source's side: a 20 % crop gives 0.8
 _DAMPING = 1e-3  # Levenberg damping of registration steps, relative to the mean curvature
@@ -247,16 +247,18 @@ def _verify_pairs(pixels: np.ndarray, grey: np.ndarray, aligned: np.ndarray) -> 
     # change looks the same both ways, so such pairs must also pass the other way round. So must pairs that passed
     # narrowly: look-alikes that differ only in faint detail (two tiles of one photograph's border) come that close.
     doubt = np.flatnonzero(passed & (coloured | (difference > SURE_DIFFERENCE)))
-    passed[doubt] = _passes_reversed(pixels, grey, aligned[doubt], colour_terms=True)
+    passed[doubt] = _passes_reversed(pixels, grey, aligned[doubt], WINDOW_DIFFERENCE, colour_terms=True)
     # A pair that failed narrowly may pass the other way round: mapping the duller of two copies onto the other
     # amplifies its noise and quantisation (a colour jitter that took contrast away). Without the colour terms, which
-    # the first way did not confirm.
-    retry = np.flatnonzero(~plausible | (difference > WINDOW_DIFFERENCE) & (difference <= _RETRY_DIFFERENCE))
-    passed[retry] = _passes_reversed(pixels, grey, aligned[retry], colour_terms=False)
+    # the first way did not confirm, and not narrowly: the first way already had its doubts.
+    retry = np.flatnonzero(~passed & (difference <= _RETRY_DIFFERENCE))
+    passed[retry] = _passes_reversed(pixels, grey, aligned[retry], SURE_DIFFERENCE, colour_terms=False)
     return passed
 
 
-def _passes_reversed(pixels: np.ndarray, grey: np.ndarray, rows: np.ndarray, colour_terms: bool) -> np.ndarray:
+def _passes_reversed(
+    pixels: np.ndarray, grey: np.ndarray, rows: np.ndarray, limit: float, colour_terms: bool
+) -> np.ndarray:
     """Whether aligned pairs pass stage 3 the other way round: image j registered onto image i.
 
     Registration starts from the inverse of the fine crop: image j, turned into image i's orientation, matched that
@@ -266,6 +268,7 @@ def _passes_reversed(pixels: np.ndarray, grey: np.ndarray, rows: np.ndarray, col
         pixels: The uint8 RGB images, shape (N, S, S, 3).
         grey: Float grey images, shape (N, S, S).
         rows: Rows (i, j, orientation, fine crop) from `_align_pairs`.
+        limit: The largest window difference that passes.
         colour_terms: Whether a pass that needs the colour terms of the map counts.
 
     Returns:
@@ -278,7 +281,7 @@ def _passes_reversed(pixels: np.ndarray, grey: np.ndarray, rows: np.ndarray, col
     reverse = np.column_stack([j, i, back, crop])
     warp = _uncrop_warp(crop, back, grey.shape[1])
     difference, plausible, coloured = _registered_difference(pixels, grey, reverse, warp)
-    return plausible & (difference <= WINDOW_DIFFERENCE) & (colour_terms | ~coloured)
+    return plausible & (difference <= limit) & (colour_terms | ~coloured)
 
 
 def _uncrop_warp(crop: np.ndarray, orientation: np.ndarray, size: int) -> np.ndarray:
@@ -414,8 +417,8 @@ def _colour_difference(
     plain, plain_mapped = _fit_map(features[..., :3], flat, fit)
     coefficients = np.where(spread[:, None], coefficients, np.pad(plain, ((0, 0), (0, 2))))
     # A copy's curve rises over the whole range of its greys, with a slope a contrast change can give.
-    lowest = np.where(fit, level, np.inf).min(axis=1, initial=np.inf)
-    highest = np.where(fit, level, -np.inf).max(axis=1, initial=-np.inf)
+    lowest = np.where(fit, level, 1.0).min(axis=1)  # with nothing fitted, `fitted` is False anyway
+    highest = np.where(fit, level, 0.0).max(axis=1)
     slopes = (coefficients[:, 1, None] + 2 * coefficients[:, 2, None] * np.stack([lowest, highest], axis=1)) / 255.0
     rises = ((slopes >= _GAIN_RANGE[0]) & (slopes <= _GAIN_RANGE[1])).all(axis=1)
     fitted = (fit.sum(axis=1) >= _LEAST_FITTED * n_valid) & rises
