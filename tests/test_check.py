@@ -35,6 +35,7 @@ def test_check_data_reports_counts_bad_files_sizes_and_copies(tmp_path, cli):
     assert report["leaked_test_images"] == 0 and report["random_split_leaked_test_images"] > 0
     assert "near-duplicates: 12 groups" in proc.stdout and "broken.png" in proc.stdout
     assert f"not found by this check: {NOT_FOUND}" in " ".join(proc.stdout.split())
+    assert report["not_found_by_check"] == NOT_FOUND
 
 
 def test_check_data_of_a_benchmark_warns_about_small_maps_and_a_leaky_split(tmp_path, cli):

@@ -5,8 +5,8 @@
 
 Counts and imbalance, every bad file with its reason and what pieceboard does with it, the files that are not
 images, the image-size distribution, image sizes too small for a backbone's stride, and the near-duplicate groups
-(one picture and its rotated, flipped, inverted, rescaled, cropped or re-encoded copies), with the groups that
-straddle the split and the test images they leak. The JSON holds the same, for scripts.
+(one picture and its copies, see `pieceboard.dedup`), with the groups that straddle the split, the test images they
+leak, and what the check cannot see (`pieceboard.dedup.NOT_FOUND`). The JSON holds the same, for scripts.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def check_data(target: str, overrides: list[str] | None = None) -> dict[str, Any
         "cross_split_groups": group_paths(paths, cross_split(is_test, found.groups)),
         "leaked_test_images": int(leaked_test(is_test, found.groups).sum()),
         "random_split_leaked_test_images": random_leaks,
+        "not_found_by_check": NOT_FOUND,
     }
 
 
@@ -177,5 +178,5 @@ def _duplicate_lines(report: dict[str, Any]) -> list[str]:
             f"the {split['kind']} split keeps every group on one side (a random split would leak "
             f"{report['random_split_leaked_test_images']} test images)"
         )
-    lines.append(f"[dim]not found by this check: {NOT_FOUND}[/dim]")
+    lines.append(f"[dim]not found by this check: {report['not_found_by_check']}[/dim]")
     return lines
