@@ -53,7 +53,7 @@ NOT_FOUND = (
     "10 % a side (RandomResizedCrop: about 2 in 3 found), or colour-jittered copies of drawings in flat, saturated "
     "colours (1 in 6 to 3 in 4 found)"
 )
-"""What the check does not see, measured on real photographs (benchmarks/dedup.py --photos, docs/data.md).
+"""What the check does not see, measured on real photographs and drawn pictures (benchmarks/dedup.py, docs/data.md).
 
 Said wherever the check's verdict is shown (check-data, the bench's leak line, the report), so that a split it calls
 clean is never taken for one without copies of these kinds.
@@ -316,9 +316,9 @@ def _registered_difference(
 
     Returns:
         Per row, the largest mean over any `WINDOW` x `WINDOW` window of the difference left once image i's colours
-        are mapped onto image j's grey (see `_colour_difference`), raised for dull pictures (see `_DULL`), and
-        whether the registration and the colour map are ones a copy could have (see `_plausible`), and whether the
-        map used its colour terms. Pairs that already pass at the fine crop, or differ by more than `_HOPELESS`
+        are mapped onto image j's grey (see `_colour_difference`), raised for dull pictures (see `_DULL`); whether
+        the registration and the colour map are ones a copy could have (see `_plausible`); and whether the score
+        needed the map's colour terms. Pairs that already pass at the fine crop, or differ by more than `_HOPELESS`
         there, are not registered.
     """
     difference = np.zeros(len(aligned))
