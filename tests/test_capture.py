@@ -88,3 +88,37 @@ def test_auto_on_a_gpu_times_eager_steps_then_decides(fake_compile, monkeypatch,
     assert bool(made) is captured
     if not captured:
         assert run.note == f"graphs: eager (capture would not repay itself over 11.0 ms/step x {steps - 9} steps)"
+
+
+def test_a_really_compiled_step_trains_like_eager_steps_on_the_cpu():
+    # torch.compile's default CPU backend (inductor), not a fake: the captured run's full batches and the eager run
+    # must leave the same weights after a few steps, partial batches included (they run eagerly on the same weights).
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
+
+    generator = torch.Generator().manual_seed(1)
+    batches = [
+        (torch.randn(n, 6, generator=generator), torch.randint(0, 3, (n,), generator=generator))
+        for n in (8,) * 5 + (5, 8)
+    ]
+
+    def train(model, optimizer, forward):
+        for x, y in batches:
+            optimizer.zero_grad()
+            loss = forward(lambda m, x=x, y=y: torch.nn.functional.cross_entropy(m(x), y), len(x))
+            loss.backward()
+            optimizer.step()
+
+    eager, eager_optimizer = make()
+    train(eager, eager_optimizer, lambda run_step, n: run_step(eager))
+    model, optimizer = make()
+    run = Capture(model, True, torch.device("cpu"), full_batch=8, steps=6)
+    train(model, optimizer, run.step)
+    assert run.compiled is not None and run.note is None and run.compile_s > 0  # compiled for real, not abandoned
+    for captured, plain in zip(model.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(captured, plain, rtol=1e-5, atol=1e-6)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(run.infer(batches[0][0]), eager.eval()(batches[0][0]), rtol=1e-5, atol=1e-6)
