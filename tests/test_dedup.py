@@ -28,6 +28,14 @@ def copies_found(pictures, chain: tuple[str, ...], seed: int = 1) -> list[list[i
     return find_duplicates(np.stack(originals + copies))
 
 
+def _group_labels(groups: list[list[int]], n: int) -> np.ndarray:
+    """Each image's group number, or a number of its own when it is in no group."""
+    labels = np.arange(n) + n
+    for label, members in enumerate(groups):
+        labels[members] = label
+    return labels
+
+
 def each_with_its_copy(n: int) -> list[list[int]]:
     return [[k, k + n] for k in range(n)]
 
@@ -51,9 +59,7 @@ def test_look_alike_siblings_are_never_grouped():
 
 def test_moderate_set_recall_and_no_false_pairs():
     pixels, truth = planted_set(60, copies=2, siblings=1, seed=7, side=SIDE)
-    found = np.arange(len(truth)) + len(truth)
-    for label, members in enumerate(find_duplicates(pixels)):
-        found[members] = label
+    found = _group_labels(find_duplicates(pixels), len(truth))
     same_truth = truth[:, None] == truth[None, :]
     same_found = found[:, None] == found[None, :]
     upper = np.triu(np.ones_like(same_truth), k=1)
@@ -143,13 +149,6 @@ def photos():
     return built, find_duplicates(built.pixels)
 
 
-def _group_labels(groups: list[list[int]], n: int) -> np.ndarray:
-    labels = np.arange(n) + n
-    for label, members in enumerate(groups):
-        labels[members] = label
-    return labels
-
-
 @pytest.mark.parametrize("family", PHOTO_FAMILIES)
 def test_colour_changes_and_filters_on_real_photographs_are_found(photos, family):
     built, groups = photos
@@ -157,7 +156,7 @@ def test_colour_changes_and_filters_on_real_photographs_are_found(photos, family
     original = {built.tile[i]: i for i in np.flatnonzero(built.kind == "original")}
     copies = np.flatnonzero(built.kind == family)
     found = [labels[i] == labels[original[built.tile[i]]] for i in copies]
-    # A strong colour jitter is the one family here found less often (0.88 over every tile, docs/data.md).
+    # A strong colour jitter is the one family here found less often (0.85 over every tile, docs/data.md).
     floor = 0.8 if "jitter" in family else 0.9
     assert len(copies) == 40 and np.mean(found) >= floor, f"{family}: {np.mean(found):.3f}"
 
